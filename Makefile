@@ -1,0 +1,39 @@
+# Tidal — the two commands are `make demo` and `make test`; both set up what they need first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The stamp is rebuilt (pip runs again) only when a requirements file changes: set-up is idempotent and fast.
+STAMP := $(VENV)/.installed
+REQS := requirements.txt requirements-dev.txt
+
+.PHONY: setup test demo dashboard bench clean help
+
+help:
+	@echo "make demo       set up, then train the LM and the RL controller on the built-in corpus"
+	@echo "make test       set up, then run every test suite"
+	@echo "make dashboard  start the dashboard server (API + web client) on http://127.0.0.1:4400"
+	@echo "make bench      run every benchmark and regenerate the README table"
+
+setup: $(STAMP)
+
+$(STAMP): $(REQS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	@touch $(STAMP)
+
+test: setup
+	$(PY) scripts/run_tests.py
+
+demo: setup
+	$(PY) scripts/demo.py
+
+dashboard: setup
+	$(PY) -m dashboard --demo
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) plugins/tidal/data_cache

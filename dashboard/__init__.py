@@ -1,0 +1,1 @@
+"""Tidal dashboard: the FastAPI server (`dashboard.server`), the static web client and the MCP server."""

@@ -1,0 +1,280 @@
+"""Request and response schemas of the dashboard API (camelCase JSON, SPEC §10). OpenAPI at /docs.
+
+Requests forbid unknown fields (a typo is a 422 naming it) and reject NaN/Infinity. Ranges that come from the
+manifest (generation parameters) are checked by the generation service and reported in the same 422 shape.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+JobStatus = Literal["pending", "provisioning", "starting", "running", "completing", "stopping",
+                    "completed", "failed", "cancelled"]
+GatingMode = Literal["none", "fixed", "random", "learned"]
+PathStr = Annotated[str, StringConstraints(max_length=1024)]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_max_length=20_000)
+
+
+class Response(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: Any = None
+
+
+class OkResponse(BaseModel):
+    ok: bool = True
+
+
+# ---------------------------------------------------------------------------------------------- health/plugins
+class HealthResponse(BaseModel):
+    status: Literal["ok", "degraded"]
+    redis: Literal["ok", "unavailable"]
+    version: str
+    uptimeSeconds: float
+    plugins: list[str]
+    sseReaders: int
+    rateLimiter: Literal["ok", "degraded"]
+
+
+class PluginSummary(BaseModel):
+    name: str
+    displayName: str
+    version: str
+    description: str
+    trainingPhases: list[dict]
+    generationModes: list[dict]
+
+
+class PluginsResponse(BaseModel):
+    plugins: list[PluginSummary]
+
+
+class ConfigListResponse(BaseModel):
+    plugin: str
+    files: list[str]
+
+
+class ConfigFileResponse(BaseModel):
+    plugin: str
+    filename: str
+    content: str
+
+
+# ---------------------------------------------------------------------------------------------- experiments
+class ExperimentSummary(BaseModel):
+    id: str
+    type: Literal["lm", "rl", "unknown"]
+    createdAt: float | None
+    status: str | None
+    lastUpdate: float | None
+    live: bool
+    sourceExperiment: str | None
+    sourceCheckpoint: str | None
+    hasMetrics: bool
+    hasRLMetrics: bool
+    hasEvaluation: bool
+    hasAblation: bool
+    checkpoints: list[str]
+    onDisk: bool
+
+
+class ExperimentsResponse(BaseModel):
+    experiments: list[ExperimentSummary]
+
+
+class MetricsResponse(BaseModel):
+    experimentId: str
+    mode: Literal["recent", "historical"]
+    points: list[dict[str, Any]]
+    totalPoints: int
+    originalCount: int
+    downsampled: bool
+    maxPoints: int
+    keys: list[str]
+    source: Literal["disk", "redis"]
+
+
+class RLMetricsResponse(BaseModel):
+    experimentId: str
+    metrics: dict[str, Any] | None
+
+
+class StatusResponse(BaseModel):
+    experimentId: str
+    status: dict[str, Any] | None
+
+
+class CheckpointInfo(BaseModel):
+    filename: str
+    path: str
+    sizeBytes: int
+    modified: float
+    phase: str
+    epoch: int | None
+
+
+class CheckpointsResponse(BaseModel):
+    experimentId: str
+    checkpoints: list[CheckpointInfo]
+
+
+class ResultsResponse(BaseModel):
+    experimentId: str
+    results: Any = None
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+class JobConfig(BaseModel):
+    configPath: str | None = None
+    rlConfigPath: str | None = None
+    checkpoint: str | None = None
+    resumeExpDir: str | None = None
+    timesteps: int | None = None
+    maxSteps: int | None = None
+
+
+class Job(Response):
+    jobId: str
+    type: str
+    status: JobStatus
+    provider: str
+    config: JobConfig
+    experimentId: str | None = None
+    createdAt: float
+    updatedAt: float
+    startedAt: float | None = None
+    completedAt: float | None = None
+    error: str | None = None
+    exitCode: int | None = None
+
+
+class JobResponse(BaseModel):
+    job: Job
+
+
+class JobsResponse(BaseModel):
+    jobs: list[Job]
+
+
+class CreateJobRequest(Request):
+    type: str = Field(max_length=64)
+    configPath: PathStr
+    rlConfigPath: PathStr | None = None
+    checkpoint: PathStr | None = None
+    resumeExpDir: PathStr | None = None
+    timesteps: int | None = Field(default=None, ge=1, le=10**9, strict=True)
+    maxSteps: int | None = Field(default=None, ge=1, le=10**9, strict=True)
+    provider: Literal["local", "remote"] | None = None
+
+
+class SignalRequest(Request):
+    signal: Literal["complete", "stop"]
+
+
+class LogLine(Request):
+    timestamp: float
+    stream: Literal["stdout", "stderr"]
+    line: str = Field(max_length=8000)
+
+
+class JobLogsResponse(BaseModel):
+    jobId: str
+    lines: list[dict]
+    totalLines: int
+    offset: int
+
+
+# ---------------------------------------------------------------------------------------------- worker API
+class WorkerStatusUpdate(Request):
+    status: JobStatus
+    error: str | None = Field(default=None, max_length=20_000)
+    exitCode: int | None = None
+    workerPid: int | None = None
+    childPid: int | None = None
+    host: str | None = Field(default=None, max_length=255)
+    command: str | None = Field(default=None, max_length=4000)
+
+
+class WorkerLogsRequest(Request):
+    lines: list[LogLine] = Field(max_length=2000)
+
+
+class MetricRecord(Request):
+    kind: Literal["metrics", "rl-metrics", "status"]
+    data: dict[str, Any]
+
+
+class WorkerMetricsRequest(Request):
+    experimentId: str = Field(max_length=128)
+    records: list[MetricRecord] = Field(max_length=2000)
+
+
+class ExperimentIdRequest(Request):
+    experimentId: str = Field(max_length=128)
+
+
+class SignalPollResponse(BaseModel):
+    signal: Literal["complete", "stop"] | None
+
+
+class IngestResponse(BaseModel):
+    ok: bool = True
+    ingested: int
+
+
+# ---------------------------------------------------------------------------------------------- generation
+class GenerateRequest(Request):
+    checkpoint: PathStr
+    prompt: str = Field(min_length=1, max_length=4000)
+    maxTokens: int | None = Field(default=None, strict=True)
+    temperature: float | None = None
+    topK: int | None = Field(default=None, strict=True)
+    topP: float | None = None
+    gatingMode: GatingMode = "none"
+    rlCheckpoint: PathStr | None = None
+    modulation: float | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, strict=True)
+
+
+class Trajectory(Response):
+    gateSignals: list = []
+    effects: list = []
+    tokenIds: list[int] = []
+    tokenTexts: list[str] = []
+
+
+class GenerateResponse(Response):
+    text: str
+    tokensGenerated: int
+    elapsedMs: float
+    gatingMode: GatingMode | None = None
+    trajectory: Trajectory | None = None
+
+
+class AnalyzeRequest(Request):
+    checkpoint: PathStr
+    prompts: list[str] = Field(min_length=1, max_length=100)
+    maxTokens: int | None = Field(default=None, strict=True)
+    temperature: float | None = None
+    topK: int | None = Field(default=None, strict=True)
+    gatingMode: GatingMode = "fixed"
+    rlCheckpoint: PathStr | None = None
+    modulation: float | None = None
+    samplesPerPrompt: int | None = Field(default=None, strict=True)
+    includeExtremeValues: bool = False
+    bootstrap: bool = True
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, strict=True)
+
+
+class AnalyzeResponse(Response):
+    analysis: dict[str, Any]
+    trajectories: dict[str, list[dict[str, Any]]]
+    elapsedMs: float
+    sweepTexts: dict[str, list[str]] | None = None

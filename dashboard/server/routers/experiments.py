@@ -1,0 +1,60 @@
+"""Experiments: list, metrics (downsampled), status, RL metrics, checkpoints, evaluation and ablation results."""
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import Response
+
+from ..deps import get_services
+from ..errors import FieldError
+from ..models import (CheckpointsResponse, ErrorResponse, ExperimentsResponse, MetricsResponse, ResultsResponse,
+                      RLMetricsResponse, StatusResponse)
+
+router = APIRouter(prefix="/api/experiments", tags=["experiments"],
+                   responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
+
+
+@router.get("", response_model=ExperimentsResponse)
+async def list_experiments(services=Depends(get_services)):
+    return {"experiments": await services.experiments.list()}
+
+
+@router.get("/{experiment_id}/metrics", response_model=MetricsResponse,
+            summary="Metric history; each series bounded to maxPoints (min/max per bucket, last point kept)")
+async def metrics(experiment_id: str, services=Depends(get_services),
+                  mode: Literal["recent", "historical"] = "historical",
+                  window: int = Query(1000, ge=1, le=1_000_000),
+                  maxPoints: int = Query(1000, ge=10, le=20_000),
+                  keys: str | None = Query(None, max_length=2000,
+                                           description="comma-separated metric names (default: all)")):
+    key_list = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
+    if key_list is not None and (not key_list or len(key_list) > 64):
+        raise FieldError("query.keys", "give 1 to 64 metric names")
+    body = await services.experiments.metrics(experiment_id, mode, window, maxPoints, key_list)
+    return Response(body, media_type="application/json")
+
+
+@router.get("/{experiment_id}/status", response_model=StatusResponse)
+async def status(experiment_id: str, services=Depends(get_services)):
+    return {"experimentId": experiment_id, "status": await services.experiments.status(experiment_id)}
+
+
+@router.get("/{experiment_id}/rl-metrics", response_model=RLMetricsResponse)
+async def rl_metrics(experiment_id: str, services=Depends(get_services)):
+    return {"experimentId": experiment_id, "metrics": await services.experiments.rl_metrics(experiment_id)}
+
+
+@router.get("/{experiment_id}/checkpoints", response_model=CheckpointsResponse)
+async def checkpoints(experiment_id: str, services=Depends(get_services)):
+    return {"experimentId": experiment_id, "checkpoints": await services.experiments.checkpoints(experiment_id)}
+
+
+@router.get("/{experiment_id}/evaluation", response_model=ResultsResponse)
+async def evaluation(experiment_id: str, services=Depends(get_services)):
+    return {"experimentId": experiment_id, "results": await services.experiments.evaluation(experiment_id)}
+
+
+@router.get("/{experiment_id}/ablation", response_model=ResultsResponse)
+async def ablation(experiment_id: str, services=Depends(get_services)):
+    return {"experimentId": experiment_id, "results": await services.experiments.ablation(experiment_id)}

@@ -1,0 +1,238 @@
+"""Text generation and trajectory analysis for the API, in-process or through the inference server.
+
+In-process: a small LRU of loaded checkpoints (`ModelCache`), and every load/generation runs in a worker thread
+(never on the event loop) behind a capacity limiter, so the server keeps answering while a model works.
+With INFERENCE_URL the validated request is forwarded to `plugins/tidal/inference_server.py`, which runs this same
+service in-process. Request checks (ranges from the manifest, confined paths) happen here, before any work.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import anyio
+
+from ..errors import BadRequest, DomainError, FieldError, Unavailable
+from .paths import resolve_config_path, resolve_experiment_path
+
+log = logging.getLogger("tidal.dashboard.generation")
+
+SWEEP_MODULATIONS = (0.0, 0.5, 1.0)
+
+
+def check_parameter(manifest, pid: str, value, field: str):
+    """Bound a generation parameter by the manifest's range; the manifest default when absent."""
+    spec = manifest.generation.parameter(pid)
+    if value is None:
+        return int(spec.default) if spec.integer else spec.default
+    if not spec.min <= value <= spec.max:
+        raise FieldError(field, f"must be between {spec.min:g} and {spec.max:g}")
+    return value
+
+
+class ModelCache:
+    """LRU of loaded generators keyed by (config, checkpoint, rl checkpoint, their mtimes)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._items: OrderedDict[tuple, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0
+
+    def get(self, config: Path, checkpoint: Path, rl_checkpoint: Path | None):
+        key = (str(config), str(checkpoint), checkpoint.stat().st_mtime_ns,
+               str(rl_checkpoint) if rl_checkpoint else None,
+               rl_checkpoint.stat().st_mtime_ns if rl_checkpoint else None)
+        with self._lock:  # one load at a time: two requests for a new checkpoint load it once
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            try:
+                from plugins.tidal.Generator import load_generator
+            except ImportError as exc:
+                raise Unavailable("text generation is not available on this host", detail=str(exc)) from None
+            handle = load_generator(config, checkpoint, rl_checkpoint, device="cpu")
+            self.loads += 1
+            self._items[key] = handle
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+            return handle
+
+
+class GenerationService:
+    def __init__(self, settings, registry):
+        self.settings = settings
+        self.registry = registry
+        self.cache = ModelCache(settings.model_cache_size)
+        self.limiter = anyio.CapacityLimiter(max(1, settings.generation_threads))
+        self._client = None
+
+    @property
+    def manifest(self):
+        return self.registry.default
+
+    # ---- validation (shared by both routes and the inference server)
+    def _checkpoints(self, checkpoint: str, rl_checkpoint: str | None, gating_mode: str):
+        root = self.settings.experiments_dir
+        ckpt = resolve_experiment_path("checkpoint", checkpoint, experiments_root=root, kind="checkpoint")
+        if self.manifest.is_rl_checkpoint(ckpt.name):
+            raise FieldError("body.checkpoint", "is an RL checkpoint: pass the language model checkpoint here "
+                                                "and the RL one as rlCheckpoint")
+        rl = None
+        if rl_checkpoint is not None:
+            rl = resolve_experiment_path("rlCheckpoint", rl_checkpoint, experiments_root=root, kind="checkpoint")
+            if not self.manifest.is_rl_checkpoint(rl.name):
+                raise FieldError("body.rlCheckpoint", "is not an RL checkpoint")
+        mode = self.manifest.generation.mode(gating_mode)
+        if mode is None:
+            raise FieldError("body.gatingMode", f"must be one of {', '.join(m.id for m in self.manifest.generation.modes)}")
+        if mode.requiresRLCheckpoint and rl is None:
+            raise FieldError("body.rlCheckpoint", f"required for gating mode {gating_mode!r}")
+        return ckpt, rl
+
+    def _config_for(self, checkpoint: Path) -> Path:
+        """The checkpoint's own effective config when its experiment kept one, else the manifest default."""
+        for name in ("config.yaml", "base_config.yaml"):
+            candidate = checkpoint.parent / name
+            if candidate.is_file():
+                return candidate
+        return resolve_config_path("config", self.manifest.generation.defaultConfigPath,
+                                   plugin_dir=self.registry.default_dir, project_root=self.settings.project_root,
+                                   allowed_dirs=self.settings.configs_dirs)
+
+    def validate_generate(self, req) -> dict:
+        m = self.manifest
+        params = {
+            "max_tokens": check_parameter(m, "maxTokens", req.maxTokens, "body.maxTokens"),
+            "temperature": check_parameter(m, "temperature", req.temperature, "body.temperature"),
+            "top_k": check_parameter(m, "topK", req.topK, "body.topK"),
+            "top_p": check_parameter(m, "topP", req.topP, "body.topP"),
+            "gating_mode": req.gatingMode,
+            "modulation": None if req.modulation is None else check_parameter(m, "modulation", req.modulation,
+                                                                              "body.modulation"),
+            "seed": req.seed,
+        }
+        ckpt, rl = self._checkpoints(req.checkpoint, req.rlCheckpoint, req.gatingMode)
+        return {"checkpoint": ckpt, "rl_checkpoint": rl, "params": params}
+
+    def validate_analyze(self, req) -> dict:
+        m = self.manifest
+        limits = m.generation.analysis
+        if req.gatingMode == "none":
+            raise FieldError("body.gatingMode", "trajectory analysis needs a gated mode (fixed, random or learned)")
+        if len(req.prompts) > limits.maxPrompts:
+            raise FieldError("body.prompts", f"at most {limits.maxPrompts} prompts")
+        for i, prompt in enumerate(req.prompts):
+            if len(prompt) > limits.promptMaxChars:
+                raise FieldError(f"body.prompts.{i}", f"at most {limits.promptMaxChars} characters")
+        spp = req.samplesPerPrompt if req.samplesPerPrompt is not None else limits.samplesPerPrompt.default
+        if not limits.samplesPerPrompt.min <= spp <= limits.samplesPerPrompt.max:
+            raise FieldError("body.samplesPerPrompt", f"must be between {limits.samplesPerPrompt.min} and "
+                                                      f"{limits.samplesPerPrompt.max}")
+        params = {
+            "max_tokens": check_parameter(m, "maxTokens", req.maxTokens, "body.maxTokens"),
+            "temperature": check_parameter(m, "temperature", req.temperature, "body.temperature"),
+            "top_k": check_parameter(m, "topK", req.topK, "body.topK"),
+            "modulation": None if req.modulation is None else check_parameter(m, "modulation", req.modulation,
+                                                                              "body.modulation"),
+        }
+        ckpt, rl = self._checkpoints(req.checkpoint, req.rlCheckpoint, req.gatingMode)
+        return {"checkpoint": ckpt, "rl_checkpoint": rl, "params": params, "samples": spp}
+
+    # ---- execution
+    async def generate(self, req) -> dict:
+        plan = self.validate_generate(req)
+        if self.settings.inference_url:
+            return await self._forward("/generate", req)
+        return await self._in_thread(self._generate_sync, req, plan)
+
+    async def analyze(self, req) -> dict:
+        plan = self.validate_analyze(req)
+        if self.settings.inference_url:
+            return await self._forward("/analyze-trajectories", req)
+        return await self._in_thread(self._analyze_sync, req, plan)
+
+    async def _in_thread(self, fn, req, plan):
+        try:
+            return await anyio.to_thread.run_sync(fn, req, plan, limiter=self.limiter)
+        except DomainError:
+            raise
+        except Exception as exc:
+            from plugins.tidal.Utils import TidalError
+
+            if isinstance(exc, (TidalError, ValueError)):  # a user mistake the model code detected
+                raise BadRequest(str(exc)) from None
+            raise
+
+    def _handle(self, plan):
+        return self.cache.get(self._config_for(plan["checkpoint"]), plan["checkpoint"], plan["rl_checkpoint"])
+
+    def _generate_sync(self, req, plan) -> dict:
+        handle = self._handle(plan)
+        p = plan["params"]
+        result = handle.generate(req.prompt, max_tokens=p["max_tokens"], temperature=p["temperature"],
+                                 top_k=p["top_k"], top_p=p["top_p"], gating_mode=p["gating_mode"],
+                                 modulation=p["modulation"], seed=p["seed"])
+        out = {"text": result["text"], "tokensGenerated": result["tokensGenerated"],
+               "elapsedMs": result["elapsedMs"], "gatingMode": p["gating_mode"]}
+        if result.get("trajectory") is not None:
+            out["trajectory"] = result["trajectory"]
+        return out
+
+    def _analyze_sync(self, req, plan) -> dict:
+        from plugins.tidal.TrajectoryAnalyzer import analyze_batch
+
+        handle = self._handle(plan)
+        p = plan["params"]
+        start = time.perf_counter()
+        trajectories: dict[str, list] = {}
+        for i, prompt in enumerate(req.prompts):
+            result = handle.generate(prompt, max_tokens=p["max_tokens"], temperature=p["temperature"],
+                                     top_k=p["top_k"], gating_mode=req.gatingMode, modulation=p["modulation"],
+                                     seed=(req.seed + i) if req.seed is not None else None,
+                                     num_samples=plan["samples"])
+            trajectories[prompt] = [t for t in result.get("trajectories", []) if t]
+        texts_by_m = None
+        if req.includeExtremeValues:
+            texts_by_m = {}
+            for m in SWEEP_MODULATIONS:
+                texts_by_m[m] = [handle.generate(prompt, max_tokens=p["max_tokens"], gating_mode="fixed",
+                                                 modulation=m, seed=req.seed)["text"] for prompt in req.prompts]
+        try:
+            report = analyze_batch(trajectories, texts_by_m, bootstrap=1000 if req.bootstrap else 0,
+                                   seed=req.seed or 0)
+        except ValueError as exc:
+            raise BadRequest(f"nothing to analyse: {exc}") from None
+        out = {"analysis": report, "trajectories": trajectories,
+               "elapsedMs": (time.perf_counter() - start) * 1000}
+        if texts_by_m is not None:
+            out["sweepTexts"] = {str(m): texts for m, texts in texts_by_m.items()}
+        return out
+
+    async def _forward(self, path: str, req) -> dict:
+        import httpx
+
+        if self._client is None:
+            self._client = httpx.AsyncClient(base_url=self.settings.inference_url, timeout=300.0)
+        try:
+            response = await self._client.post(path, json=req.model_dump(exclude_none=True))
+        except httpx.HTTPError as exc:
+            raise Unavailable("the inference server is unreachable", detail=str(exc)) from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code >= 500:
+            raise Unavailable("the inference server failed", detail=body.get("error"))
+        if response.status_code >= 400:
+            error = DomainError(body.get("error") or "inference request rejected", detail=body.get("detail"))
+            error.status_code = response.status_code
+            raise error
+        return body
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()

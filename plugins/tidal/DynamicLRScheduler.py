@@ -1,0 +1,54 @@
+"""Learning-rate schedule: linear warmup to BASE_LR, then cosine decay to MIN_LR, clamped there (never rises again).
+
+Stepped once per optimizer step. The rate for optimizer step s (0-based) is set before that step runs, so the very
+first update already uses the warmup rate rather than the optimizer's constructor value.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class DynamicLRScheduler:
+    def __init__(self, optimizer: torch.optim.Optimizer, config: dict, total_steps: int):
+        settings = config["LEARNING_RATE_SCHEDULER"]
+        self.base_lr = float(settings["BASE_LR"])
+        self.min_lr = float(settings["MIN_LR"])
+        ratio = float(settings["WARMUP_RATIO"])
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"LEARNING_RATE_SCHEDULER.WARMUP_RATIO must be in [0, 1), got {ratio}")
+        if not 0.0 <= self.min_lr <= self.base_lr:
+            raise ValueError(f"need 0 <= MIN_LR <= BASE_LR, got MIN_LR={self.min_lr}, BASE_LR={self.base_lr}")
+        self.optimizer = optimizer
+        self.total_steps = max(1, int(total_steps))
+        self.warmup_steps = int(self.total_steps * ratio)
+        self.current_step = 0
+        self._apply()
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.base_lr * (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def _apply(self) -> None:
+        lr = self.lr_at(self.current_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def get_last_lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def step(self) -> None:
+        self.current_step += 1
+        self._apply()
+
+    def state_dict(self) -> dict:
+        return {"current_step": self.current_step, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.current_step = int(state["current_step"])
+        self.total_steps = int(state["total_steps"])
+        self.warmup_steps = int(state["warmup_steps"])
+        self._apply()

@@ -1,0 +1,151 @@
+"""Stateful controllers of the PPO trainer (SPEC §7): entropy schedules, diversity homeostasis, the Lagrange
+multiplier. Each is a small class with one `step(...)`, a `state_dict()` and a `load_state_dict()`; none of them
+reaches into the trainer, the agent or the reward computer: they return the value the trainer should use.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def homeostatic_update(value: float, observed: float, *, target: float, rate: float, decay: float,
+                       baseline: float, minimum: float, maximum: float) -> float:
+    """One homeostasis step: below target, release `rate · (target − observed)`; then decay toward the baseline;
+    then clamp to [minimum, maximum]."""
+    if observed < target:
+        value += rate * (target - observed)
+    value = decay * value + (1.0 - decay) * baseline
+    return min(max(value, minimum), maximum)
+
+
+# ------------------------------------------------------------------------------------------- entropy coefficient
+class EntropyHomeostasis:
+    """Raises the entropy coefficient while the policy's entropy is below RL_ENTROPY_TARGET_POLICY and lets it
+    relax back to the baseline RL_ENTROPY_COEF otherwise. `coef` is the value to use for the next update."""
+
+    def __init__(self, config: dict):
+        self.baseline = self.coef = float(config["RL_ENTROPY_COEF"])
+        self.target = config["RL_ENTROPY_TARGET_POLICY"]
+        self.rate = config["RL_ENTROPY_HOMEOSTASIS_RATE"]
+        self.decay = config["RL_ENTROPY_HOMEOSTASIS_DECAY"]
+        self.minimum, self.maximum = config["RL_ENTROPY_COEF_MIN"], config["RL_ENTROPY_COEF_MAX"]
+
+    def step(self, policy_entropy: float) -> float:
+        self.coef = homeostatic_update(self.coef, policy_entropy, target=self.target, rate=self.rate,
+                                       decay=self.decay, baseline=self.baseline, minimum=self.minimum,
+                                       maximum=self.maximum)
+        return self.coef
+
+    def state_dict(self) -> dict:
+        return {"coef": self.coef}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.coef = float(state["coef"])
+
+
+class LinearEntropySchedule:
+    """RL_ENTROPY_COEF at iteration 0 → RL_ENTROPY_COEF_FINAL at the last iteration, constant after."""
+
+    def __init__(self, config: dict, total_iterations: int):
+        self.start, self.final = config["RL_ENTROPY_COEF"], config["RL_ENTROPY_COEF_FINAL"]
+        self.total_iterations = total_iterations
+        self.coef = float(self.start)
+
+    def step(self, iteration: int) -> float:
+        fraction = min(max(iteration / max(self.total_iterations - 1, 1), 0.0), 1.0)
+        self.coef = self.start + fraction * (self.final - self.start)
+        return self.coef
+
+    def state_dict(self) -> dict:
+        return {"coef": self.coef}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.coef = float(state["coef"])
+
+
+ENTROPY_SCHEDULES = ("homeostasis", "linear")
+
+
+def make_entropy_schedule(config: dict, total_iterations: int) -> EntropyHomeostasis | LinearEntropySchedule:
+    """The schedule named by RL_ENTROPY_SCHEDULE. Both expose `coef`; homeostasis steps on the policy entropy,
+    the linear schedule on the iteration number."""
+    kind = config["RL_ENTROPY_SCHEDULE"]
+    if kind == "homeostasis":
+        return EntropyHomeostasis(config)
+    if kind == "linear":
+        return LinearEntropySchedule(config, total_iterations)
+    raise ValueError(f"RL_ENTROPY_SCHEDULE must be one of {', '.join(ENTROPY_SCHEDULES)}; got {kind!r}")
+
+
+# ------------------------------------------------------------------------------------------- diversity weight
+class DiversityHomeostasis:
+    """The same rule on the diversity reward weight, driven by the rollout's mean diversity reward, decaying
+    toward the initial weight RL_REWARD_DIVERSITY_WEIGHT. Used in weighted mode when
+    RL_DIVERSITY_HOMEOSTASIS_TARGET is set."""
+
+    def __init__(self, config: dict):
+        if config["RL_DIVERSITY_HOMEOSTASIS_TARGET"] is None:
+            raise ValueError("diversity homeostasis needs RL_DIVERSITY_HOMEOSTASIS_TARGET")
+        self.baseline = self.weight = float(config["RL_REWARD_DIVERSITY_WEIGHT"])
+        self.target = config["RL_DIVERSITY_HOMEOSTASIS_TARGET"]
+        self.rate = config["RL_DIVERSITY_HOMEOSTASIS_RATE"]
+        self.decay = config["RL_DIVERSITY_HOMEOSTASIS_DECAY"]
+        self.minimum, self.maximum = config["RL_DIVERSITY_WEIGHT_MIN"], config["RL_DIVERSITY_WEIGHT_MAX"]
+
+    def step(self, mean_diversity: float) -> float:
+        self.weight = homeostatic_update(self.weight, mean_diversity, target=self.target, rate=self.rate,
+                                         decay=self.decay, baseline=self.baseline, minimum=self.minimum,
+                                         maximum=self.maximum)
+        return self.weight
+
+    def state_dict(self) -> dict:
+        return {"weight": self.weight}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weight = float(state["weight"])
+
+
+# ------------------------------------------------------------------------------------------- PPO-Lagrangian
+class LagrangeMultiplier:
+    """λ = softplus(raw) ≥ 0, with `raw` trained by its own Adam once per iteration (before the policy update).
+
+    `step(mean_cost)` minimises −λ · (mean_cost − RL_LAGRANGE_COST_LIMIT): λ rises while the mean cost exceeds
+    the limit and falls once it is below (the cost is a hinge, never negative, so a limit of 0 would never let
+    λ fall; ADR 0005)."""
+
+    def __init__(self, config: dict):
+        init = config["RL_LAGRANGE_MULTIPLIER_INIT"]
+        if init <= 0:
+            raise ValueError(f"RL_LAGRANGE_MULTIPLIER_INIT must be positive (λ = softplus(raw) > 0), got {init}")
+        self.cost_limit = config["RL_LAGRANGE_COST_LIMIT"]
+        self.raw = nn.Parameter(torch.tensor(init + math.log(-math.expm1(-init))))  # softplus⁻¹(init), stable
+        self.optimizer = torch.optim.Adam([self.raw], lr=config["RL_LAGRANGE_MULTIPLIER_LR"])
+
+    @property
+    def value(self) -> float:
+        return float(F.softplus(self.raw.detach()))
+
+    def step(self, mean_cost: float) -> float:
+        loss = -F.softplus(self.raw) * (mean_cost - self.cost_limit)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return self.value
+
+    def state_dict(self) -> dict:
+        """A snapshot: Adam's own state_dict aliases its live moment tensors."""
+        return {"raw": self.raw.detach().clone(), "optimizer": copy.deepcopy(self.optimizer.state_dict())}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.raw.copy_(state["raw"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def combine_advantages(adv_reward: torch.Tensor, adv_cost: torch.Tensor, lam: float | torch.Tensor) -> torch.Tensor:
+    """Policy advantage under PPO-Lagrangian: (A_r − λ·A_c) / (1 + λ), scaled so its size does not grow with λ."""
+    return (adv_reward - lam * adv_cost) / (1.0 + lam)

@@ -1,0 +1,127 @@
+"""The training CLI as users run it: both invocation forms, one-line errors, SIGTERM + --resume, torchrun DDP."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import unittest
+
+import yaml
+
+from MetricsLogger import read_jsonl
+from plugins.tidal.Utils import PROJECT_ROOT
+from tests.support import PYTHON, TempDirTestCase, run_python, tiny_config, wait_for
+
+
+class MainTestCase(TempDirTestCase):
+    def setUp(self):
+        super().setUp()
+        self.env = {"EXPERIMENTS_DIR": str(self.tmp / "experiments"), "REDIS_URL": ""}
+
+    def write_config(self, **overrides):
+        path = self.tmp / "tiny.yaml"
+        path.write_text(yaml.safe_dump(tiny_config(DATA_CACHE_DIR=str(self.tmp / "cache"), **overrides)))
+        return str(path)
+
+    def experiments(self):
+        return sorted((self.tmp / "experiments").iterdir())
+
+    def assert_one_line_error(self, proc, *fragments):
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)
+        lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+        self.assertEqual(len(lines), 1, proc.stderr)
+        for fragment in fragments:
+            self.assertIn(fragment, lines[0])
+
+
+class TestMainCLI(MainTestCase):
+    def test_seed_command_as_a_file_trains_evaluates_and_saves(self):
+        proc = run_python("plugins/tidal/Main.py", "--config", self.write_config(), "--max-steps", "4", env=self.env)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        (exp,) = self.experiments()
+        self.assertRegex(exp.name, r"^\d{8}-\d{6}-commit_\w+-config_[0-9a-f]{10}$")
+        for name in ("config.yaml", "metadata.json", "transformer-lm_v1.0.0.pth", "training_state.pth",
+                     "evaluation_results.json", "dashboard_metrics/metrics.jsonl", "dashboard_metrics/status.json"):
+            self.assertTrue((exp / name).is_file(), name)
+        results = json.loads((exp / "evaluation_results.json").read_text())
+        self.assertEqual([s["prompt"] for s in results["samples"]],
+                         ["Once upon a time", "The little cat", "Mom said to", "One day, a boy"])
+        self.assertGreater(results["nats_per_byte"], 0)
+        self.assertEqual(json.loads((exp / "dashboard_metrics/status.json").read_text())["status"], "completed")
+
+    def test_module_form_and_set_overrides_reach_the_effective_config(self):
+        proc = run_python("-m", "plugins.tidal.Main", "--config", self.write_config(), "--max-steps", "2",
+                          "--set", "LEARNING_RATE_SCHEDULER.BASE_LR=3e-4", "--set", "EVAL_MAX_NEW_TOKENS=4", env=self.env)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        (exp,) = self.experiments()
+        effective = yaml.safe_load((exp / "config.yaml").read_text())
+        self.assertEqual(effective["LEARNING_RATE_SCHEDULER"]["BASE_LR"], 3e-4)
+        self.assertEqual(effective["EVAL_MAX_NEW_TOKENS"], 4)
+
+    def test_errors_are_one_line_without_traceback(self):
+        cases = [
+            (["--config", str(self.tmp / "missing.yaml")], ["not found", "missing.yaml"]),
+            (["--config", self.write_config(), "--set", "BATCH_SIZE=abc"], ["BATCH_SIZE", "integer"]),
+            (["--config", self.write_config(), "--set", "DESIRED_BATCH_SIZE=12"], ["DESIRED_BATCH_SIZE"]),
+            (["--config", self.write_config(), "--set", "NOSUCHSECTION.KEY=1"], ["NOSUCHSECTION"]),
+            (["--resume", str(self.tmp / "nope")], ["nope"]),
+        ]
+        for argv, fragments in cases:
+            with self.subTest(argv=argv):
+                self.assert_one_line_error(run_python("-m", "plugins.tidal.Main", *argv, env=self.env), *fragments)
+
+    def test_config_missing_a_key_names_file_and_key(self):
+        config = tiny_config()
+        del config["PATIENCE"]
+        path = self.tmp / "broken.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.assert_one_line_error(run_python("-m", "plugins.tidal.Main", "--config", str(path), env=self.env),
+                                   "broken.yaml", "PATIENCE")
+
+
+class TestSignals(MainTestCase):
+    def test_sigterm_checkpoints_and_resume_finishes(self):
+        config = self.write_config(CHECKPOINT_INTERVAL=0)
+        proc = subprocess.Popen([PYTHON, "-m", "plugins.tidal.Main", "--config", config, "--max-steps", "100000"],
+                                cwd=PROJECT_ROOT, env={**os.environ, **self.env}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        self.addCleanup(proc.kill)
+        metrics = lambda: next((self.tmp / "experiments").glob("*/dashboard_metrics/metrics.jsonl"), None)
+        wait_for(lambda: metrics() and len(read_jsonl(metrics())) >= 3, timeout=120, message="training to start")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 143, err)
+        (exp,) = self.experiments()
+        self.assertTrue((exp / "training_state.pth").is_file())
+        self.assertEqual(json.loads((exp / "dashboard_metrics/status.json").read_text())["status"], "stopped")
+        stopped_at = max(r["step"] for r in read_jsonl(exp / "dashboard_metrics/metrics.jsonl"))
+        resumed = run_python("-m", "plugins.tidal.Main", "--resume", str(exp), "--max-steps", str(stopped_at + 2),
+                             env=self.env)
+        self.assertEqual(resumed.returncode, 0, resumed.stderr)
+        steps = [r["step"] for r in read_jsonl(exp / "dashboard_metrics/metrics.jsonl") if "Losses/Total" in r]
+        self.assertEqual(steps[-2:], [stopped_at + 1, stopped_at + 2])
+        self.assertTrue((exp / "transformer-lm_v1.0.0.pth").is_file())
+
+
+class TestDistributed(MainTestCase):
+    def test_two_process_ddp_matches_single_process_with_the_same_global_batch(self):
+        single = run_python("-m", "plugins.tidal.Main", "--config", self.write_config(BATCH_SIZE=8, DESIRED_BATCH_SIZE=8),
+                            "--max-steps", "3", env=self.env)
+        self.assertEqual(single.returncode, 0, single.stderr)
+        (single_exp,) = self.experiments()
+        ddp = run_python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "plugins/tidal/Main.py",
+                         "--config", self.write_config(BATCH_SIZE=4, DESIRED_BATCH_SIZE=8), "--max-steps", "3",
+                         env={**self.env, "OMP_NUM_THREADS": "1"}, timeout=300)
+        self.assertEqual(ddp.returncode, 0, ddp.stderr[-3000:])
+        (ddp_exp,) = [e for e in self.experiments() if e != single_exp]  # rank 0 alone created a directory
+        loss = lambda exp: {r["step"]: r["Losses/Total"] for r in read_jsonl(exp / "dashboard_metrics/metrics.jsonl")
+                            if "Losses/Total" in r}
+        a, b = loss(single_exp), loss(ddp_exp)
+        self.assertEqual(sorted(b), [1, 2, 3])
+        for step in (1, 2, 3):
+            self.assertAlmostEqual(a[step], b[step], places=4, msg=f"step {step}")
+
+
+if __name__ == "__main__":
+    unittest.main()

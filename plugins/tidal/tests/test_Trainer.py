@@ -1,0 +1,132 @@
+"""LM training loop: learning, accumulation rules, checkpoints, graceful stop, exact resume, early stopping."""
+import unittest
+
+import torch
+
+from MetricsLogger import MetricsLogger, read_jsonl
+from plugins.tidal.Trainer import EarlyStopping, Trainer
+from plugins.tidal.TransformerLM import TransformerLM, load_model_weights
+from plugins.tidal.Utils import TidalError
+from tests.support import TempDirTestCase, tiny_config
+
+CPU = torch.device("cpu")
+
+
+class StopAt(MetricsLogger):
+    """The real MetricsLogger (disk only) that asks the trainer to stop once a given step has been logged."""
+
+    def __init__(self, exp_dir, step, kind):
+        super().__init__(exp_dir, redis_url=None)
+        self.stop_step, self.kind, self.trainer = step, kind, None
+
+    def log_metrics(self, metrics, step):
+        super().log_metrics(metrics, step)
+        if step == self.stop_step and "Losses/Total" in metrics:
+            self.trainer.request_stop(self.kind)
+
+
+class TrainerTestCase(TempDirTestCase):
+    def config(self, **overrides):
+        return tiny_config(DATA_CACHE_DIR=str(self.tmp / "cache"), **overrides)
+
+    def train(self, exp_name, config, max_steps=None, stop=None, resume=False):
+        exp = self.tmp / exp_name
+        exp.mkdir(exist_ok=True)
+        metrics = StopAt(exp, *stop) if stop else MetricsLogger(exp, redis_url=None)
+        trainer = Trainer(config, exp, CPU, metrics, max_steps=max_steps)
+        metrics.trainer = trainer
+        final = trainer.run(resume_from=exp if resume else None)
+        metrics.close()
+        return trainer, final, exp
+
+    @staticmethod
+    def losses(exp):
+        return {r["step"]: r["Losses/Total"] for r in read_jsonl(exp / "dashboard_metrics" / "metrics.jsonl")
+                if "Losses/Total" in r}
+
+
+class TestTraining(TrainerTestCase):
+    def test_one_epoch_learns_and_writes_every_checkpoint(self):
+        trainer, final, exp = self.train("run", self.config(EVAL_INTERVAL=10))
+        records = read_jsonl(exp / "dashboard_metrics" / "metrics.jsonl")
+        val = [r["Losses/Validation"] for r in records if "Losses/Validation" in r]
+        self.assertGreater(len(val), 2)
+        self.assertLess(val[-1], val[0] - 1.0, "validation loss should fall clearly within one epoch")
+        self.assertEqual(final.name, "transformer-lm_v1.0.0.pth")
+        for name in ("checkpoint_foundational_epoch_1.pth", "training_state.pth", final.name):
+            self.assertTrue((exp / name).is_file(), name)
+        model = TransformerLM(50257, self.config())
+        load_model_weights(model, exp / "checkpoint_foundational_epoch_1.pth")  # a raw, loadable state_dict
+        self.assertFalse(list(exp.glob(".*.tmp")), "no temporary files left behind")
+
+    def test_logs_the_documented_metric_keys(self):
+        _, _, exp = self.train("run", self.config(), max_steps=6)
+        train_record = [r for r in read_jsonl(exp / "dashboard_metrics" / "metrics.jsonl") if "Losses/Total" in r][-1]
+        for key in ("Losses/Total", "Learning Rate", "Iterations/Second", "Tokens/Second", "Epoch/Progress",
+                    "Perplexity", "ETA/Seconds"):
+            self.assertIn(key, train_record)
+        self.assertIsInstance(train_record["timestamp"], float)
+
+    def test_gradient_accumulation_must_divide(self):
+        with self.assertRaises(TidalError):
+            Trainer(self.config(BATCH_SIZE=8, DESIRED_BATCH_SIZE=12), self.tmp, CPU)
+
+    def test_accumulation_matches_one_big_batch(self):
+        # 2 micro-batches of 4 accumulate to the same update as one batch of 8 (no dropout).
+        _, _, a = self.train("a", self.config(BATCH_SIZE=8, DESIRED_BATCH_SIZE=8), max_steps=3)
+        _, _, b = self.train("b", self.config(BATCH_SIZE=4, DESIRED_BATCH_SIZE=8), max_steps=3)
+        la, lb = self.losses(a), self.losses(b)
+        for step in (1, 2, 3):
+            self.assertAlmostEqual(la[step], lb[step], places=4)
+
+
+class TestStopAndResume(TrainerTestCase):
+    def test_terminate_then_resume_reproduces_the_uninterrupted_run(self):
+        config = self.config(DROPOUT=0.1, EVAL_INTERVAL=4)  # dropout: the RNG state must be restored too
+        _, _, full = self.train("full", config, max_steps=12)
+        _, final, part = self.train("part", config, max_steps=12, stop=(5, "terminate"))
+        self.assertIsNone(final)
+        self.assertTrue((part / "training_state.pth").is_file())
+        self.assertEqual(max(self.losses(part)), 5)
+        trainer, final, part = self.train("part", config, max_steps=12, resume=True)
+        self.assertEqual(trainer.global_step, 12)
+        expected, got = self.losses(full), self.losses(part)
+        self.assertEqual(sorted(got), list(range(1, 13)), "every step exactly once: no data seen twice")
+        for step in range(1, 13):
+            self.assertAlmostEqual(expected[step], got[step], places=5, msg=f"step {step}")
+
+    def test_complete_request_finishes_the_step_and_writes_the_final_model(self):
+        trainer, final, exp = self.train("run", self.config(), max_steps=50, stop=(3, "complete"))
+        self.assertEqual(trainer.global_step, 3)
+        self.assertTrue(final.is_file())
+
+    def test_resume_without_state_is_a_clear_error(self):
+        exp = self.tmp / "empty"
+        exp.mkdir()
+        with self.assertRaises(TidalError):
+            Trainer(self.config(), exp, CPU, max_steps=2).run(resume_from=exp)
+
+
+class TestEarlyStopping(TrainerTestCase):
+    def test_rule(self):
+        es = EarlyStopping(patience=2, min_delta=0.1)
+        self.assertTrue(es.step(5.0))
+        self.assertFalse(es.step(4.95))  # improvement smaller than min_delta
+        self.assertFalse(es.should_stop)
+        self.assertFalse(es.step(4.99))
+        self.assertTrue(es.should_stop)
+        es2 = EarlyStopping(2, 0.1)
+        es2.load_state_dict(es.state_dict())
+        self.assertTrue(es2.should_stop)
+
+    def test_training_stops_when_validation_loss_stalls(self):
+        # With a zero learning rate the validation loss never improves after the first evaluation.
+        config = self.config(PATIENCE=1, EVAL_INTERVAL=3,
+                             LEARNING_RATE_SCHEDULER={"WARMUP_RATIO": 0.0, "BASE_LR": 0.0, "MIN_LR": 0.0})
+        trainer, final, _ = self.train("run", config, max_steps=50)
+        self.assertEqual(trainer.global_step, 6)
+        self.assertTrue(final.is_file())
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,356 @@
+"""Behaviour of the gated Transformer: size, gates, KV cache, sampling filters, batched generation, checkpoints."""
+import math
+import tempfile
+import unittest
+from pathlib import Path
+
+import torch
+
+from plugins.tidal.TransformerLM import (
+    KVCache, TransformerLM, apply_repetition_penalty, count_parameters, filter_logits, load_model_weights,
+    model_state_dict, sample_next_token,
+)
+from plugins.tidal.Utils import TidalError
+from tests.support import base_config, tiny_config
+
+VOCAB = 100
+
+
+def tiny_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return TransformerLM(VOCAB, tiny_config(**overrides)).eval()
+
+
+class TestArchitecture(unittest.TestCase):
+    def test_base_config_has_about_30_7M_parameters(self):
+        with torch.device("meta"):
+            model = TransformerLM(50257, base_config())
+        n = count_parameters(model)
+        self.assertGreaterEqual(n, 30_500_000)
+        self.assertLessEqual(n, 30_900_000)
+
+    def test_dynamic_gate_init_is_zero_weight_and_bias_two(self):
+        gate = tiny_model().transformer_blocks[0].attn_gate
+        self.assertTrue(torch.all(gate.net[2].weight == 0))
+        self.assertTrue(torch.all(gate.net[2].bias == 2.0))
+        scale = gate(torch.tensor([[0.3]]))
+        self.assertEqual(tuple(scale.shape), (1, 1, 32))
+        torch.testing.assert_close(scale, torch.full_like(scale, 1 / (1 + math.exp(-2.0))))
+
+    def test_forward_shapes_and_loss(self):
+        model = tiny_model()
+        x = torch.randint(0, VOCAB, (3, 10))
+        logits = model(x)
+        self.assertEqual(tuple(logits.shape), (3, 10, VOCAB))
+        logits, loss = model(x, target_ids=x)
+        self.assertAlmostEqual(loss.item(), torch.nn.functional.cross_entropy(logits.view(-1, VOCAB), x.view(-1)).item(),
+                               places=5)
+        logits, loss, hidden = model(x, target_ids=x, return_hidden=True)
+        self.assertEqual(tuple(hidden.shape), (3, 10, 32))
+
+    def test_untrained_loss_is_near_log_vocab(self):
+        model = tiny_model()
+        x = torch.randint(0, VOCAB, (4, 16))
+        _, loss = model(x, target_ids=x)
+        self.assertLess(abs(loss.item() - math.log(VOCAB)), 0.5)
+
+
+class TestGates(unittest.TestCase):
+    def test_none_gates_are_exactly_unit_scaling(self):
+        # A gate whose sigmoid saturates to exactly 1.0 in fp32 multiplies by 1.0: the output must be bit-identical
+        # to gate_signals=None, which proves None means "exactly no gating".
+        model = tiny_model()
+        for block in model.transformer_blocks:
+            for gate in (block.attn_gate, block.ffn_gate):
+                gate.net[2].bias.data.fill_(40.0)
+        x = torch.randint(0, VOCAB, (2, 12))
+        ungated = model(x)
+        gated = model(x, gate_signals=torch.full((2, 1), 0.7))
+        self.assertTrue(torch.equal(ungated, gated))
+
+    def test_non_neutral_gate_changes_output(self):
+        model = tiny_model()
+        x = torch.randint(0, VOCAB, (2, 12))
+        self.assertFalse(torch.allclose(model(x), model(x, gate_signals=torch.full((2, 1), 0.5))))
+
+    def test_trained_gate_responds_to_the_signal(self):
+        model = tiny_model()
+        for block in model.transformer_blocks:
+            torch.nn.init.normal_(block.attn_gate.net[2].weight, std=1.0)
+        x = torch.randint(0, VOCAB, (1, 8))
+        low = model(x, gate_signals=torch.zeros(1, 1))
+        high = model(x, gate_signals=torch.ones(1, 1))
+        self.assertFalse(torch.allclose(low, high))
+
+    def test_per_position_signal_equals_per_sequence_when_constant(self):
+        model = tiny_model()
+        for block in model.transformer_blocks:
+            torch.nn.init.normal_(block.ffn_gate.net[2].weight, std=1.0)
+        x = torch.randint(0, VOCAB, (2, 9))
+        per_seq = model(x, gate_signals=torch.tensor([[0.2], [0.9]]))
+        per_pos = model(x, gate_signals=torch.tensor([[0.2], [0.9]]).view(2, 1, 1).expand(2, 9, 1))
+        torch.testing.assert_close(per_seq, per_pos)
+
+    def test_per_position_signal_is_causal(self):
+        # Changing the gate at the last position must not change the logits of earlier positions.
+        model = tiny_model()
+        for block in model.transformer_blocks:
+            torch.nn.init.normal_(block.attn_gate.net[2].weight, std=1.0)
+        x = torch.randint(0, VOCAB, (1, 6))
+        g1 = torch.full((1, 6, 1), 0.5)
+        g2 = g1.clone()
+        g2[0, -1, 0] = 1.0
+        a, b = model(x, gate_signals=g1), model(x, gate_signals=g2)
+        torch.testing.assert_close(a[:, :-1], b[:, :-1])
+        self.assertFalse(torch.allclose(a[:, -1], b[:, -1]))
+
+    def test_bad_gate_shape_raises(self):
+        with self.assertRaises(ValueError):
+            tiny_model()(torch.zeros(2, 4, dtype=torch.long), gate_signals=torch.zeros(3, 1))
+
+
+class TestKVCache(unittest.TestCase):
+    def test_incremental_decoding_matches_full_recompute(self):
+        model = tiny_model()
+        x = torch.randint(0, VOCAB, (2, 20))
+        full = model(x)
+        logits, cache = model(x[:, :7], use_cache=True)
+        steps = [logits]
+        for t in range(7, 20):
+            logits, cache = model(x[:, t:t + 1], past_key_values=cache, use_cache=True)
+            steps.append(logits)
+        torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=0)
+
+    def test_chunked_prefill_matches_full_recompute(self):
+        model = tiny_model()
+        x = torch.randint(0, VOCAB, (2, 20))
+        full = model(x)
+        a, cache = model(x[:, :8], use_cache=True)
+        b, cache = model(x[:, 8:], past_key_values=cache, use_cache=True)
+        torch.testing.assert_close(torch.cat([a, b], dim=1), full, atol=1e-4, rtol=0)
+
+    def test_cached_gated_decoding_matches_recompute_with_per_position_signals(self):
+        model = tiny_model()
+        for block in model.transformer_blocks:
+            torch.nn.init.normal_(block.attn_gate.net[2].weight, std=1.0)
+        x = torch.randint(0, VOCAB, (2, 10))
+        g = torch.rand(2, 10, 1)
+        full = model(x, gate_signals=g)
+        logits, cache = model(x[:, :4], gate_signals=g[:, :4], use_cache=True)
+        out = [logits]
+        for t in range(4, 10):
+            logits, cache = model(x[:, t:t + 1], gate_signals=g[:, t], past_key_values=cache, use_cache=True)
+            out.append(logits)
+        torch.testing.assert_close(torch.cat(out, dim=1), full, atol=1e-4, rtol=0)
+
+    def test_context_slides_beyond_max_length(self):
+        # Rotary positions make attention depend on relative offsets only, so for one layer a rolling cache equals a
+        # recompute of the last MAX_CONTEXT_LENGTH tokens. (With more layers the cached keys also carry what earlier
+        # tokens saw beyond the window, as in any sliding-window attention; ADR 0002.)
+        model = tiny_model(NUM_TRANSFORMER_BLOCKS=1)  # MAX_CONTEXT_LENGTH 32
+        L = model.max_context_length
+        x = torch.randint(0, VOCAB, (1, L + 15))
+        logits, cache = model(x[:, :L], use_cache=True)
+        for t in range(L, L + 15):
+            logits, cache = model(x[:, t:t + 1], past_key_values=cache, use_cache=True)
+            window = x[:, t - L + 1:t + 1]
+            torch.testing.assert_close(logits[:, -1], model(window)[:, -1], atol=1e-4, rtol=0)
+
+    def test_cache_rows_can_be_replaced(self):
+        # The RL environment restarts single episodes inside a batched cache.
+        model = tiny_model()
+        a = torch.randint(0, VOCAB, (2, 6))
+        b = torch.randint(0, VOCAB, (1, 4))
+        _, cache = model(a, use_cache=True, cache_capacity=16)
+        _, fresh = model(b, use_cache=True, cache_capacity=16)
+        cache.replace_rows(torch.tensor([1]), fresh)
+        nxt = torch.randint(0, VOCAB, (2, 1))
+        logits, _ = model(nxt, past_key_values=cache, use_cache=True)
+        torch.testing.assert_close(logits[1, -1], model(torch.cat([b, nxt[1:]], dim=1))[0, -1], atol=1e-4, rtol=0)
+        torch.testing.assert_close(logits[0, -1], model(torch.cat([a[:1], nxt[:1]], dim=1))[0, -1], atol=1e-4, rtol=0)
+
+    def test_left_padded_rows_ignore_padding(self):
+        model = tiny_model()
+        short = torch.randint(0, VOCAB, (1, 3))
+        padded = torch.cat([torch.zeros(1, 2, dtype=torch.long), short], dim=1)
+        valid = torch.tensor([[False, False, True, True, True]])
+        logits, _ = model(padded, use_cache=True, attention_mask=valid)
+        torch.testing.assert_close(logits[:, -1], model(short)[:, -1], atol=1e-4, rtol=0)
+        self.assertFalse(torch.isnan(logits).any())
+
+    def test_kvcache_type(self):
+        _, cache = tiny_model()(torch.zeros(1, 3, dtype=torch.long), use_cache=True)
+        self.assertIsInstance(cache, KVCache)
+        self.assertEqual(cache.next_pos.tolist(), [3])
+
+
+class TestSamplingFilters(unittest.TestCase):
+    def test_repetition_penalty_divides_positive_and_multiplies_negative(self):
+        logits = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
+        seen = torch.tensor([[True, True, False, False]])
+        out = apply_repetition_penalty(logits, seen, 2.0)
+        torch.testing.assert_close(out, torch.tensor([[1.0, -4.0, 1.0, -1.0]]))
+
+    def test_repetition_penalty_per_row(self):
+        logits = torch.tensor([[2.0, 2.0], [2.0, 2.0]])
+        seen = torch.tensor([[True, False], [True, False]])
+        out = apply_repetition_penalty(logits, seen, torch.tensor([1.0, 4.0]))
+        torch.testing.assert_close(out, torch.tensor([[2.0, 2.0], [0.5, 2.0]]))
+
+    def test_top_k_keeps_k_largest(self):
+        logits = torch.tensor([[1.0, 4.0, 3.0, 2.0, 0.0]])
+        out = filter_logits(logits, top_k=2)
+        self.assertEqual(torch.isfinite(out).nonzero()[:, 1].tolist(), [1, 2])
+        self.assertEqual(out[0, 1].item(), 4.0)
+
+    def test_top_p_keeps_smallest_set_reaching_p_including_crossing_token(self):
+        probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+        logits = probs.log()
+        kept = lambda p: torch.isfinite(filter_logits(logits, top_p=p)).nonzero()[:, 1].tolist()
+        self.assertEqual(kept(0.45), [0])       # reached by the first token alone
+        self.assertEqual(kept(0.6), [0, 1])     # the crossing token is kept
+        self.assertEqual(kept(0.79), [0, 1])
+        self.assertEqual(kept(0.81), [0, 1, 2])
+        self.assertEqual(kept(1.0), [0, 1, 2, 3])
+
+    def test_top_p_is_applied_after_top_k_on_the_renormalised_distribution(self):
+        logits = torch.tensor([[0.4, 0.3, 0.2, 0.1]]).log()
+        # top-k 2 renormalises to (4/7, 3/7); p=0.5 is reached by the first token alone.
+        out = filter_logits(logits, top_k=2, top_p=0.5)
+        self.assertEqual(torch.isfinite(out).nonzero()[:, 1].tolist(), [0])
+
+    def test_per_row_top_k_and_top_p(self):
+        logits = torch.tensor([[0.4, 0.3, 0.2, 0.1], [0.4, 0.3, 0.2, 0.1]]).log()
+        out = filter_logits(logits, top_k=torch.tensor([1, 3]), top_p=torch.tensor([1.0, 0.6]))
+        self.assertEqual(torch.isfinite(out).sum(dim=1).tolist(), [1, 2])
+
+    def test_temperature_scales_logits(self):
+        logits = torch.tensor([[1.0, 2.0]])
+        torch.testing.assert_close(filter_logits(logits, temperature=0.5), torch.tensor([[2.0, 4.0]]))
+
+    def test_temperature_zero_is_greedy(self):
+        logits = torch.tensor([[0.1, 3.0, 2.9], [5.0, 0.0, 0.0]])
+        for _ in range(5):
+            self.assertEqual(sample_next_token(logits, temperature=0.0).tolist(), [1, 0])
+
+    def test_sampling_follows_the_distribution(self):
+        logits = torch.tensor([[math.log(0.7), math.log(0.3)]]).expand(20000, 2)
+        draws = sample_next_token(logits, generator=torch.Generator().manual_seed(0))
+        self.assertAlmostEqual(draws.float().mean().item(), 0.3, delta=0.02)
+
+    def test_per_row_generators_make_rows_reproducible_alone(self):
+        logits = torch.randn(3, 50)
+        gens = [torch.Generator().manual_seed(10 + i) for i in range(3)]
+        batch = sample_next_token(logits, generator=gens)
+        alone = sample_next_token(logits[2:3], generator=[torch.Generator().manual_seed(12)])
+        self.assertEqual(batch[2].item(), alone[0].item())
+
+    def test_invalid_parameters_raise(self):
+        logits = torch.zeros(1, 5)
+        for kwargs in ({"temperature": -1.0}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5},
+                       {"repetition_penalty": 0.0}, {"temperature": float("nan")}):
+            with self.subTest(**kwargs), self.assertRaises(ValueError):
+                TransformerLM.validate_sampling(**{"temperature": 1.0, "top_k": 0, "top_p": 1.0,
+                                                   "repetition_penalty": 1.0, **kwargs})
+
+
+class TestGenerate(unittest.TestCase):
+    def test_shapes_and_prompt_preserved(self):
+        model = tiny_model()
+        prompt = torch.randint(0, VOCAB, (3, 5))
+        out = model.generate(prompt, max_new_tokens=7, seed=0)
+        self.assertEqual(tuple(out.shape), (3, 12))
+        self.assertTrue(torch.equal(out[:, :5], prompt))
+
+    def test_cached_and_uncached_generation_give_same_tokens(self):
+        model = tiny_model()
+        prompt = torch.randint(0, VOCAB, (2, 4))
+        kw = dict(max_new_tokens=28, temperature=0.9, top_k=20, top_p=0.9, repetition_penalty=1.3, seed=3)
+        self.assertTrue(torch.equal(model.generate(prompt, **kw), model.generate(prompt, use_cache=False, **kw)))
+
+    def test_generation_beyond_context_length(self):
+        model = tiny_model()
+        out = model.generate(torch.randint(0, VOCAB, (1, 30)), max_new_tokens=40, temperature=0.0)
+        self.assertEqual(out.shape[1], 70)
+
+    def test_rows_are_independent(self):
+        model = tiny_model()
+        prompts = torch.randint(0, VOCAB, (3, 4))
+        batch = model.generate(prompts, max_new_tokens=15, temperature=1.0, top_k=10, repetition_penalty=1.5, seed=5)
+        for b in range(3):
+            alone = model.generate(prompts[b:b + 1], max_new_tokens=15, temperature=1.0, top_k=10,
+                                   repetition_penalty=1.5, seed=5 + b)
+            self.assertTrue(torch.equal(batch[b], alone[0]), f"row {b}")
+
+    def test_seed_reproducible_and_different_seeds_differ(self):
+        model = tiny_model()
+        prompt = torch.randint(0, VOCAB, (1, 4))
+        a = model.generate(prompt, max_new_tokens=20, seed=1)
+        self.assertTrue(torch.equal(a, model.generate(prompt, max_new_tokens=20, seed=1)))
+        self.assertFalse(torch.equal(a, model.generate(prompt, max_new_tokens=20, seed=2)))
+
+    def test_eos_stops_rows_and_pads_with_eos(self):
+        model = tiny_model()
+        with torch.no_grad():
+            model.output_projection.bias.fill_(0.0)
+            model.output_projection.bias[7] = 100.0  # token 7 always wins: acts as EOS immediately
+        out = model.generate(torch.randint(0, VOCAB, (2, 3)), max_new_tokens=10, eos_token_id=7, seed=0)
+        self.assertEqual(out.shape[1], 4)  # stops as soon as every row has finished
+        self.assertTrue(torch.all(out[:, 3] == 7))
+
+    def test_invalid_arguments_raise_value_error(self):
+        model = tiny_model()
+        prompt = torch.randint(0, VOCAB, (1, 3))
+        for kwargs in ({"temperature": -0.1}, {"top_k": -2}, {"top_p": 1.01}, {"repetition_penalty": -1.0},
+                       {"max_new_tokens": -1}):
+            with self.subTest(**kwargs), self.assertRaises(ValueError):
+                model.generate(prompt, **{"max_new_tokens": 3, **kwargs})
+        with self.assertRaises(ValueError):
+            model.generate(torch.zeros(3, dtype=torch.long), max_new_tokens=3)  # needs (B, T)
+        with self.assertRaises(ValueError):
+            model.generate(torch.zeros(1, 0, dtype=torch.long), max_new_tokens=3)  # empty prompt
+
+    def test_greedy_generation_with_constant_gate(self):
+        model = tiny_model()
+        prompt = torch.randint(0, VOCAB, (2, 3))
+        out = model.generate(prompt, max_new_tokens=5, temperature=0.0, gate_signals=torch.full((2, 1), 0.5))
+        self.assertEqual(tuple(out.shape), (2, 8))
+
+
+class TestCheckpoints(unittest.TestCase):
+    def test_state_dict_round_trip(self):
+        model = tiny_model(seed=1)
+        other = tiny_model(seed=2)
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "m.pth"
+            torch.save(model_state_dict(model), path)
+            load_model_weights(other, path)
+        x = torch.randint(0, VOCAB, (1, 8))
+        self.assertTrue(torch.equal(model(x), other(x)))
+
+    def test_compiled_prefix_stripped_and_wrapped_dict_accepted(self):
+        model = tiny_model(seed=1)
+        prefixed = {f"_orig_mod.{k}": v for k, v in model.state_dict().items()}
+        for payload in (prefixed, {"model_state_dict": model.state_dict()}):
+            other = tiny_model(seed=2)
+            load_model_weights(other, payload)
+            self.assertTrue(torch.equal(other.output_projection.weight, model.output_projection.weight))
+
+    def test_shape_mismatch_names_the_tensor(self):
+        sd = tiny_model().state_dict()
+        big = TransformerLM(VOCAB, tiny_config(EMBED_DIM=64))
+        with self.assertRaises(TidalError) as ctx:
+            load_model_weights(big, sd)
+        self.assertIn("token_embeddings.weight", str(ctx.exception))
+
+    def test_corrupt_checkpoint_file_gives_clear_error(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "bad.pth"
+            path.write_bytes(b"not a checkpoint")
+            with self.assertRaises(TidalError) as ctx:
+                load_model_weights(tiny_model(), path)
+            self.assertIn("bad.pth", str(ctx.exception))
+
+
+if __name__ == "__main__":
+    unittest.main()

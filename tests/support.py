@@ -1,0 +1,362 @@
+"""Shared test support: real services (Redis, subprocesses) and tiny configs, used by every test suite.
+
+Import as `from tests.support import ...` (the suites run from the project root).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+from plugins.tidal.Utils import BASE_CONFIG_PATH, PROJECT_ROOT, RL_CONFIG_PATH, read_yaml
+from redis_launcher import EmbeddedRedis, free_port  # noqa: F401  (re-exported for tests)
+
+PYTHON = sys.executable
+
+# A model small enough for a CPU test to train a few steps in well under a second, but with every component.
+TINY_MODEL = {
+    "EMBED_DIM": 32, "NUM_TRANSFORMER_BLOCKS": 2, "NUM_ATTENTION_HEADS": 4, "FFN_HIDDEN_DIM": 64,
+    "MAX_CONTEXT_LENGTH": 32, "DROPOUT": 0.0,
+}
+
+
+def base_config(**overrides) -> dict:
+    config = copy.deepcopy(read_yaml(BASE_CONFIG_PATH))
+    config.update(overrides)
+    return config
+
+
+def tiny_config(**overrides) -> dict:
+    """The base config with a tiny model, the built-in corpus, CPU, fp32 and no compile."""
+    config = base_config(**TINY_MODEL)
+    config.update({
+        "DATASET": "builtin:tinytales", "BUILTIN_NUM_STORIES": 200, "DEVICE": "cpu", "TORCH_COMPILE": False,
+        "AMP_DTYPE": "fp32", "BATCH_SIZE": 8, "DESIRED_BATCH_SIZE": 8, "EVAL_BATCH_SIZE": 8, "NUM_EPOCHS": 1,
+        "EVAL_INTERVAL": 5, "EVAL_MAX_BATCHES": 2, "EVAL_MAX_NEW_TOKENS": 8, "NUM_CPU_CORE_WORKERS": 1,
+    })
+    config.update(overrides)
+    return config
+
+
+def rl_config(**overrides) -> dict:
+    config = copy.deepcopy(read_yaml(RL_CONFIG_PATH))
+    config.update(overrides)
+    return config
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"):
+    """Poll `predicate` until it returns a truthy value or the deadline passes (no fixed sleeps in tests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.1f} s waiting for {message}")
+
+
+def run_python(*args: str, timeout: float = 120, env: dict | None = None, cwd: str | os.PathLike = PROJECT_ROOT
+               ) -> subprocess.CompletedProcess:
+    """Run `python <args>` from the project root and capture its output as text."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([PYTHON, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+class TempDirTestCase(unittest.TestCase):
+    """Gives each test a fresh temporary directory in `self.tmp` (a Path), removed afterwards."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self._tmp = tempfile.TemporaryDirectory(prefix="tidal-test-")
+        self.tmp = Path(self._tmp.name)
+        self.addCleanup(self._tmp.cleanup)
+
+
+class RedisTestCase(TempDirTestCase):
+    """One real redis-server per test class (loopback, free port); each test starts with an empty database."""
+
+    redis_server: EmbeddedRedis
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        cls.redis_server = EmbeddedRedis().start()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.redis_server.stop()
+        super().tearDownClass()
+
+    def setUp(self) -> None:
+        super().setUp()
+        import redis
+
+        if not self.redis_server.ping():  # a fault-injection test may have stopped it
+            self.redis_server.start()
+        self.redis_url = self.redis_server.url
+        self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        self.redis.flushall()
+        self.addCleanup(self.redis.close)
+
+
+# ---------------------------------------------------------------------------------------------- dashboard server
+def dashboard_settings(experiments_dir, redis_url: str, **overrides):
+    """Dashboard settings for tests: a temp experiments dir, a known token, and fast timers."""
+    from dashboard.server.settings import Settings
+
+    values = dict(redis_url=redis_url, experiments_dir=Path(experiments_dir).resolve(), auth_token=DASHBOARD_TOKEN,
+                  heartbeat_interval=0.2, heartbeat_timeout=3.0, signal_poll_interval=0.1, stop_grace=2.0,
+                  startup_timeout=20.0, monitor_interval=0.2, sse_ping=1.0)
+    values.update(overrides)
+    return Settings.from_env({}).with_(**values)
+
+
+DASHBOARD_TOKEN = "test-token-Secret_123"
+
+
+class DashboardServer:
+    """A real uvicorn serving `create_app(settings)` on a free loopback port, in a thread of this process.
+
+    `url` is ready after `start()`; `services` is the app's service container (to inspect the SSE hub, the health
+    monitor …); `call(coro_fn)` runs a coroutine on the server's event loop and returns its result.
+    """
+
+    def __init__(self, settings, port: int | None = None):
+        import threading
+
+        import uvicorn
+
+        from dashboard.server.app import create_app
+
+        self.settings = settings
+        self.app = create_app(settings)
+        self.port = port or free_port()
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    timeout_graceful_shutdown=2, lifespan="on",
+                                                    proxy_headers=False))
+        self.loop = None
+        self._thread = threading.Thread(target=self._run, name="dashboard-server", daemon=True)
+
+    def _run(self) -> None:
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.server.serve())
+        finally:  # end what the server left (sse-starlette's shutdown watcher, cancelled readers), then close
+            pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def services(self):
+        return self.app.state.services
+
+    def start(self, timeout: float = 20.0) -> "DashboardServer":
+        self._thread.start()
+        wait_for(lambda: self.server.started or not self._thread.is_alive(), timeout, message="dashboard start")
+        if not self.server.started:
+            raise RuntimeError("the dashboard server did not start")
+        return self
+
+    def call(self, coro_fn, timeout: float = 10.0):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro_fn(), self.loop).result(timeout)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.server.should_exit = True
+            self._thread.join(timeout=15)
+
+    def __enter__(self) -> "DashboardServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def auth_headers(token: str = DASHBOARD_TOKEN, **extra) -> dict:
+    return {"Authorization": f"Bearer {token}", **extra}
+
+
+class SSEClient:
+    """Reads a Server-Sent Events stream in a background thread; events are dicts {event, data, id}.
+
+    `next(timeout)` returns the next event (AssertionError on timeout); `until(pred)` collects events until one
+    satisfies `pred` and returns them all; `close()` drops the connection.
+    """
+
+    def __init__(self, url: str, headers: dict | None = None, timeout: float = 10.0):
+        import queue
+        import threading
+
+        import httpx
+
+        self.events: "queue.Queue[dict | None]" = queue.Queue()
+        self.status_code: int | None = None
+        self.body: bytes = b""
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout, read=None))
+        self._response = None
+        self._opened = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._read, args=(url, headers or {}), daemon=True)
+        self._thread.start()
+        if not self._opened.wait(timeout):
+            raise AssertionError(f"no SSE response from {url}")
+
+    def _read(self, url: str, headers: dict) -> None:
+        event: dict = {}
+        data: list[str] = []
+        try:
+            with self._client.stream("GET", url, headers=headers) as response:
+                self._response = response
+                self.status_code = response.status_code
+                if response.status_code != 200:
+                    self.body = response.read()
+                    self._opened.set()
+                    return
+                self._opened.set()
+                for line in response.iter_lines():
+                    if line == "":
+                        if data or event:
+                            event["data"] = "\n".join(data)
+                            self.events.put(event)
+                        event, data = {}, []
+                    elif line.startswith(":"):
+                        continue
+                    else:
+                        name, _, value = line.partition(":")
+                        value = value[1:] if value.startswith(" ") else value
+                        if name == "data":
+                            data.append(value)
+                        elif name in ("event", "id", "retry"):
+                            event[name] = value
+        except Exception:
+            pass
+        finally:
+            self._opened.set()
+            self.events.put(None)
+
+    def next(self, timeout: float = 10.0) -> dict:
+        import queue
+
+        try:
+            event = self.events.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no SSE event within {timeout} s") from None
+        if event is None:
+            self.events.put(None)
+            raise AssertionError("the SSE stream ended")
+        return event
+
+    def until(self, predicate, timeout: float = 10.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        seen = []
+        while True:
+            event = self.next(max(0.01, deadline - time.monotonic()))
+            seen.append(event)
+            if predicate(event):
+                return seen
+
+    def ended(self, timeout: float = 10.0) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                if self._response is not None:
+                    self._response.close()
+            except Exception:
+                pass
+            self._client.close()
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "SSEClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# A stand-in trainer for worker tests: it honours the trainer contract (SIGUSR1 = finish gracefully and exit 0,
+# SIGTERM = checkpoint and exit) without a model. Its --config YAML sets STEPS, SLEEP, EXIT_CODE, IGNORE_TERM.
+FAKE_TRAINER = r'''
+import os, signal, sys, time
+import yaml
+args = sys.argv[1:]
+config = yaml.safe_load(open(args[args.index("--config") + 1])) if "--config" in args else {}
+state = {"complete": False, "term": False}
+def on_usr1(signum, frame):
+    state["complete"] = True
+def on_term(signum, frame):
+    if not config.get("IGNORE_TERM"):
+        state["term"] = True
+signal.signal(signal.SIGUSR1, on_usr1)
+signal.signal(signal.SIGTERM, on_term)
+print("fake trainer start", " ".join(args), "experiment", os.environ.get("TIDAL_EXPERIMENT_ID"), flush=True)
+print("token visible:", "TIDAL_AUTH_TOKEN" in os.environ, flush=True)
+logger = None
+if config.get("METRICS"):
+    from MetricsLogger import MetricsLogger
+    root = os.environ["EXPERIMENTS_DIR"]
+    logger = MetricsLogger(os.path.join(root, os.environ["TIDAL_EXPERIMENT_ID"]))
+for step in range(int(config.get("STEPS", 5))):
+    if state["complete"]:
+        print("complete requested: finishing step", step, flush=True)
+        if logger: logger.finalize("completed")
+        sys.exit(0)
+    if state["term"]:
+        print("terminated: checkpointing", flush=True)
+        if logger: logger.finalize("stopped")
+        sys.exit(143)
+    print(f"step {step}", flush=True)
+    print(f"warn {step}", file=sys.stderr, flush=True)
+    if logger: logger.log_metrics({"Losses/Total": 10.0 / (step + 1)}, step)
+    time.sleep(float(config.get("SLEEP", 0.05)))
+if logger: logger.finalize("completed" if int(config.get("EXIT_CODE", 0)) == 0 else "failed")
+print("done", flush=True)
+sys.exit(int(config.get("EXIT_CODE", 0)))
+'''
+
+
+def fake_plugin(root, **phase_overrides) -> Path:
+    """A copy of the tidal manifest in `root` with an extra `fake-training` phase running FAKE_TRAINER (a module
+    in `root`, put on PYTHONPATH by the caller), and `root/configs/` for its configs. Returns the manifest path."""
+    import yaml as _yaml
+
+    root = Path(root)
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    (root / "fake_trainer.py").write_text(FAKE_TRAINER)
+    manifest = _yaml.safe_load((PROJECT_ROOT / "plugins" / "tidal" / "manifest.yaml").read_text())
+    phase = {"id": "fake-training", "displayName": "Fake training", "entrypoint": "fake_trainer",
+             "configFiles": ["configs/fake.yaml"], "args": {"config": "--config"}, "required": ["config"],
+             "concurrency": 1, "gpuTier": "standard"}
+    phase.update(phase_overrides)
+    manifest["trainingPhases"].append(phase)
+    path = root / "manifest.yaml"
+    path.write_text(_yaml.safe_dump(manifest, sort_keys=False))
+    return path
+
+
+def write_fake_config(root, name: str = "fake.yaml", **values) -> Path:
+    import yaml as _yaml
+
+    path = Path(root) / "configs" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_yaml.safe_dump({"STEPS": 5, "SLEEP": 0.05, **values}))
+    return path

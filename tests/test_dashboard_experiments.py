@@ -1,0 +1,160 @@
+"""Experiments API: discovery, metric histories (incremental reads, min/max downsampling with the last point kept),
+status, RL metrics, checkpoint classification and result files; disk first, Redis for what is only live."""
+from __future__ import annotations
+
+import json
+import time
+import unittest
+
+import httpx
+
+from dashboard.server.services.metrics_reader import JsonlTail, downsample
+from dashboard.server.services.plugin_registry import load_manifest
+from MetricsLogger import MetricsLogger
+from tests.support import DashboardServer, RedisTestCase, TempDirTestCase, dashboard_settings
+
+KEYS = load_manifest().redis
+LM = "20260101-120000-commit_nogit-config_0123456789"
+RL = "20260102-120000-commit_nogit-config_0123456789-rl_abcdef0123"
+REMOTE = "20260103-120000-commit_nogit-config_0123456789"
+
+
+class DownsampleTest(unittest.TestCase):
+    def test_spikes_and_the_last_point_survive_and_each_series_is_bounded(self):
+        records = [{"step": i, "loss": 1.0, "lr": i * 1e-5} for i in range(10_000)]
+        records[4321]["loss"] = 99.0
+        records[777]["loss"] = -5.0
+        for i in range(0, 10_000, 100):
+            records[i]["val"] = float(i)          # a sparse series
+        points, done = downsample(records, 200)
+        self.assertTrue(done)
+        for key in ("loss", "lr", "val"):
+            series = [p for p in points if key in p]
+            self.assertLessEqual(len(series), 200, key)
+            self.assertEqual(series[-1]["step"], records[-1]["step"] if key != "val" else 9900)
+        losses = {p["step"]: p["loss"] for p in points if "loss" in p}
+        self.assertEqual(losses[4321], 99.0)
+        self.assertEqual(losses[777], -5.0)
+        self.assertEqual(len([p for p in points if "val" in p]), 100)  # under the bound: every point kept
+        self.assertEqual([p["step"] for p in points], sorted(p["step"] for p in points))
+
+    def test_short_series_are_returned_whole_and_keys_filter(self):
+        records = [{"step": i, "a": i, "b": -i} for i in range(50)]
+        self.assertEqual(downsample(records, 100), (records, False))
+        points, done = downsample(records, 100, ["a"])
+        self.assertFalse(done)
+        self.assertEqual(points[3], {"step": 3, "a": 3})
+
+
+class JsonlTailTest(TempDirTestCase):
+    def test_incremental_reads_tolerate_a_torn_last_line(self):
+        path = self.tmp / "m.jsonl"
+        path.write_text('{"step": 0}\n{"step": 1}\n{"st')
+        tail = JsonlTail()
+        records, v1 = tail.read(path)
+        self.assertEqual([r["step"] for r in records], [0, 1])
+        with open(path, "a") as f:
+            f.write('ep": 2}\n{"step": 3}\n')
+        self.assertTrue(tail.needs_read(path))
+        records, v2 = tail.read(path)
+        self.assertEqual([r["step"] for r in records], [0, 1, 2, 3])
+        self.assertNotEqual(v1, v2)
+        self.assertFalse(tail.needs_read(path))
+        path.write_text('{"step": 9}\n')  # replaced (a new run): start over
+        self.assertEqual([r["step"] for r in tail.read(path)[0]], [9])
+
+
+class ExperimentsApiTest(RedisTestCase):
+    def setUp(self):
+        super().setUp()
+        self.root = self.tmp / "experiments"
+        lm_dir, rl_dir = self.root / LM, self.root / RL
+        for d in (lm_dir, rl_dir):
+            d.mkdir(parents=True)
+        (lm_dir / "metadata.json").write_text(json.dumps({"type": "lm", "created_at": 1000.0}))
+        (rl_dir / "metadata.json").write_text(json.dumps({"type": "rl", "created_at": 2000.0,
+                                                          "source_experiment": LM}))
+        self.logger = MetricsLogger(lm_dir, redis_url="")
+        for step in range(3000):
+            self.logger.log_metrics({"Losses/Total": 5.0 - step / 1000, "Learning Rate": 1e-3}, step)
+        for name in ("checkpoint_foundational_epoch_1.pth", "transformer-lm_v1.0.0.pth", "training_state.pth"):
+            (lm_dir / name).write_bytes(b"x")
+        (rl_dir / "rl_checkpoint_iter_4.pth").write_bytes(b"x")
+        (rl_dir / "rl_checkpoint_final.pth").write_bytes(b"x")
+        (lm_dir / "evaluation_results.json").write_text(json.dumps({"perplexity": 12.5}))
+        (rl_dir / "ablation_results.json").write_text(json.dumps({"random": {"mean_reward": 0.1}}))
+        (rl_dir / "rl_metrics").mkdir()
+        (rl_dir / "rl_metrics" / "rl_training_metrics.json").write_text(json.dumps({"global_step": 64}))
+        self.server = DashboardServer(dashboard_settings(self.root, self.redis_url)).start()
+        self.addCleanup(self.server.stop)
+        self.http = httpx.Client(base_url=self.server.url, timeout=10)
+        self.addCleanup(self.http.close)
+
+    def test_list(self):
+        self.redis.sadd(KEYS.experimentsSet, REMOTE)
+        self.redis.set(KEYS.status(REMOTE), json.dumps({"status": "training", "timestamp": time.time()}))
+        experiments = {e["id"]: e for e in self.http.get("/api/experiments").json()["experiments"]}
+        self.assertEqual(set(experiments), {LM, RL, REMOTE})
+        self.assertEqual((experiments[LM]["type"], experiments[LM]["status"]), ("lm", "training"))
+        self.assertTrue(experiments[LM]["hasMetrics"] and experiments[LM]["hasEvaluation"])
+        self.assertEqual(experiments[RL]["sourceExperiment"], LM)
+        self.assertTrue(experiments[RL]["hasAblation"] and experiments[RL]["hasRLMetrics"])
+        self.assertTrue(experiments[REMOTE]["live"])
+        self.assertFalse(experiments[REMOTE]["onDisk"])
+
+    def test_metrics_downsampled_recent_and_incremental(self):
+        body = self.http.get(f"/api/experiments/{LM}/metrics", params={"maxPoints": 100}).json()
+        self.assertEqual((body["originalCount"], body["downsampled"], body["source"]), (3000, True, "disk"))
+        loss = [p for p in body["points"] if "Losses/Total" in p]
+        self.assertLessEqual(len(loss), 100)
+        self.assertEqual(loss[-1]["step"], 2999)
+        self.assertEqual(set(body["keys"]), {"Losses/Total", "Learning Rate"})
+        recent = self.http.get(f"/api/experiments/{LM}/metrics", params={"mode": "recent", "window": 50}).json()
+        self.assertEqual([p["step"] for p in recent["points"]], list(range(2950, 3000)))
+        self.logger.log_metrics({"Losses/Total": 0.5}, 3000)
+        self.logger.close()
+        again = self.http.get(f"/api/experiments/{LM}/metrics", params={"maxPoints": 100}).json()
+        self.assertEqual(again["originalCount"], 3001)
+        only = self.http.get(f"/api/experiments/{LM}/metrics", params={"keys": "Learning Rate", "mode": "recent",
+                                                                       "window": 3}).json()
+        self.assertEqual([set(p) for p in only["points"]], [{"step", "timestamp", "Learning Rate"}] * 2)
+
+    def test_redis_only_experiment_metrics_and_status(self):
+        self.redis.sadd(KEYS.experimentsSet, REMOTE)
+        for step in range(5):
+            self.redis.xadd(KEYS.metrics_stream(REMOTE), {"kind": "metrics",
+                                                          "data": json.dumps({"step": step, "loss": 1.0})})
+        self.redis.xadd(KEYS.metrics_stream(REMOTE), {"kind": "status", "data": json.dumps({"status": "training"})})
+        self.redis.set(KEYS.status(REMOTE), json.dumps({"status": "training"}))
+        body = self.http.get(f"/api/experiments/{REMOTE}/metrics").json()
+        self.assertEqual((body["source"], [p["step"] for p in body["points"]]), ("redis", [0, 1, 2, 3, 4]))
+        self.assertEqual(self.http.get(f"/api/experiments/{REMOTE}/status").json()["status"]["status"], "training")
+
+    def test_status_prefers_live_redis_over_disk(self):
+        self.assertEqual(self.http.get(f"/api/experiments/{LM}/status").json()["status"]["status"], "training")
+        self.redis.set(KEYS.status(LM), json.dumps({"status": "completed"}))
+        self.assertEqual(self.http.get(f"/api/experiments/{LM}/status").json()["status"]["status"], "completed")
+
+    def test_checkpoints_are_classified_by_the_manifest(self):
+        lm = {c["filename"]: c for c in self.http.get(f"/api/experiments/{LM}/checkpoints").json()["checkpoints"]}
+        self.assertEqual((lm["checkpoint_foundational_epoch_1.pth"]["phase"],
+                          lm["checkpoint_foundational_epoch_1.pth"]["epoch"]), ("foundational", 1))
+        self.assertEqual(lm["transformer-lm_v1.0.0.pth"]["phase"], "final")
+        self.assertEqual(lm["training_state.pth"]["phase"], "unknown")
+        self.assertEqual(lm["transformer-lm_v1.0.0.pth"]["path"], f"experiments/{LM}/transformer-lm_v1.0.0.pth")
+        rl = {c["filename"]: c for c in self.http.get(f"/api/experiments/{RL}/checkpoints").json()["checkpoints"]}
+        self.assertEqual((rl["rl_checkpoint_iter_4.pth"]["phase"], rl["rl_checkpoint_iter_4.pth"]["epoch"]), ("rl", 4))
+        self.assertEqual(rl["rl_checkpoint_final.pth"]["phase"], "rl")
+
+    def test_result_files_and_rl_metrics(self):
+        self.assertEqual(self.http.get(f"/api/experiments/{LM}/evaluation").json()["results"], {"perplexity": 12.5})
+        self.assertIsNone(self.http.get(f"/api/experiments/{LM}/ablation").json()["results"])
+        self.assertEqual(self.http.get(f"/api/experiments/{RL}/ablation").json()["results"]["random"],
+                         {"mean_reward": 0.1})
+        self.assertEqual(self.http.get(f"/api/experiments/{RL}/rl-metrics").json()["metrics"], {"global_step": 64})
+        self.redis.set(KEYS.rl_latest(RL), json.dumps({"global_step": 128}))
+        self.assertEqual(self.http.get(f"/api/experiments/{RL}/rl-metrics").json()["metrics"], {"global_step": 128})
+
+
+if __name__ == "__main__":
+    unittest.main()
