@@ -173,9 +173,7 @@ class MetricsLogger:
     # ------------------------------------------------------------------------------------------ internals
     def _log_record(self, kind: str, file_name: str, step_key: str, step: int, values: dict[str, Any]) -> None:
         _check_reserved(values, (step_key, "timestamp"))
-        record = {step_key: operator.index(step), "timestamp": time.time(),
-                  **{str(k): _jsonable(v) for k, v in values.items()}}
-        line = _dumps(record)
+        line = _dumps({step_key: operator.index(step), "timestamp": time.time(), **values})
         with self._lock:
             self._check_open()
             if self._status == "initialized":
@@ -380,7 +378,12 @@ def _jsonable(value: Any) -> Any:
 
 
 def _dumps(record: dict[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":"), allow_nan=False)
+    """Compact strict JSON. Plain numbers go straight to the C encoder; only a record it refuses (a tensor, a numpy
+    value, NaN) pays for the conversion in Python — this runs once per training step."""
+    try:
+        return json.dumps(record, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return json.dumps(_jsonable(record), separators=(",", ":"), allow_nan=False)
 
 
 def _check_reserved(values: dict[str, Any], reserved: tuple[str, ...]) -> None:

@@ -23,9 +23,9 @@ from plugins.tidal.Utils import PROJECT_ROOT, TidalError, atomic_write_json, ato
 EXPERIMENT_KINDS = ("lm", "rl")
 METADATA_FILE = "metadata.json"
 
-# Letters, digits, "_", "-" and "."; at most 128 characters; not starting with "." (hidden files, "." and "..")
-# nor "-" (it would read as an option on a command line). No separators, so an id is always one path component.
-_EXPERIMENT_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+# Letters, digits, "_", "-" and "."; at most 128 characters; starting with a letter or digit (so never ".", "..",
+# a hidden file, or something a command line reads as an option). No separator: an id is one path component.
+_EXPERIMENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _PLAIN_FILE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 _GIT_HASH_RE = re.compile(r"[0-9a-f]{4,40}")
 _GIT_TIMEOUT_S = 5.0

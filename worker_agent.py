@@ -197,7 +197,7 @@ class MetricsForwarder:
         self.offsets = {kind: 0 for kind in self.files}
         self.status_mtime = 0.0
 
-    def collect(self, limit_bytes: int = LOG_BATCH_BYTES) -> list[dict]:
+    def collect(self, limit_bytes: int = LOG_BATCH_BYTES // 2) -> list[dict]:
         out, size = [], 0
         for kind, path in self.files.items():
             try:
@@ -280,9 +280,21 @@ class WorkerAgent:
         elif values.get("resume") and Path(str(values["resume"])).is_dir():
             exp_id = Path(str(values["resume"])).name
         else:
-            exp_id = make_experiment_id(values["config"], values.get("rlConfig"))
+            exp_id = self._claim_experiment_id(make_experiment_id(values["config"], values.get("rlConfig")))
         argv = [self.python_bin, "-m", phase.entrypoint, *phase.build_args(values)]
         return argv, exp_id, self.experiments_root / exp_id
+
+    def _claim_experiment_id(self, base: str) -> str:
+        """Create the experiment directory exclusively (two runs of one config in the same second get `-2`, …)."""
+        self.experiments_root.mkdir(parents=True, exist_ok=True)
+        candidate, n = base, 1
+        while True:
+            try:
+                (self.experiments_root / candidate).mkdir()
+                return candidate
+            except FileExistsError:
+                n += 1
+                candidate = f"{base}-{n}"
 
     def child_env(self, exp_id: str) -> dict:
         return filtered_env(os.environ, {

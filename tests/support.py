@@ -178,6 +178,10 @@ class DashboardServer:
 
     def stop(self) -> None:
         if self._thread.is_alive():
+            try:  # end open SSE streams first, so shutdown does not wait for (and then cancel) them
+                self.call(self.services.hub.close, timeout=5)
+            except Exception:
+                pass
             self.server.should_exit = True
             self._thread.join(timeout=15)
 

@@ -6,7 +6,6 @@ import math
 import socket
 import time
 import unittest
-from pathlib import Path
 from unittest import mock
 
 import torch

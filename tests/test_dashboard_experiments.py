@@ -75,6 +75,7 @@ class ExperimentsApiTest(RedisTestCase):
         (rl_dir / "metadata.json").write_text(json.dumps({"type": "rl", "created_at": 2000.0,
                                                           "source_experiment": LM}))
         self.logger = MetricsLogger(lm_dir, redis_url="")
+        self.addCleanup(self.logger.close)
         for step in range(3000):
             self.logger.log_metrics({"Losses/Total": 5.0 - step / 1000, "Learning Rate": 1e-3}, step)
         for name in ("checkpoint_foundational_epoch_1.pth", "transformer-lm_v1.0.0.pth", "training_state.pth"):

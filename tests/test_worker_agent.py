@@ -54,6 +54,7 @@ class WorkerTestCase(RedisTestCase):
                         os.killpg(pid, signal.SIGKILL)
                     except (ProcessLookupError, PermissionError):
                         pass
+        wait_for(lambda: self.server.services.providers["local"].reap() == 0, 10, message="workers reaped")
 
     def create_job(self, provider="local", **config) -> str:
         write_fake_config(self.plugin, **config)
@@ -221,7 +222,8 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     try:  # a zombie is dead for our purposes
-        return "Z" not in open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0]
+        with open(f"/proc/{pid}/stat") as f:
+            return "Z" not in f.read().split(")")[-1].split()[0]
     except OSError:
         return False
 

@@ -113,6 +113,10 @@ async def start_services(settings: Settings, registry: PluginRegistry) -> Servic
 
 async def stop_services(services: Services) -> None:
     await services.monitor.stop()
+    for provider in services.providers.values():  # workers keep running (a restart loses no job); reap the dead
+        reap = getattr(provider, "reap", None)
+        if reap is not None:
+            reap()
     await services.hub.close()
     await services.generation.close()
     await services.limiter.close()

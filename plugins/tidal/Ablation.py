@@ -250,53 +250,47 @@ class _Player:
     @torch.no_grad()
     def _play_wave(self, prompts, seed, offset, policy, deterministic, decoder, record) -> Episodes:
         t0 = time.perf_counter()
-        n = len(prompts)
+        n, max_steps = len(prompts), int(self.rl_config["RL_MAX_EPISODE_LENGTH"])
         env = GatingEnvironment(self.model, self.modulator, self.reward_computer, prompts, self.rl_config,
                                 num_envs=n, device=self.device, seed=seed, env_offset=offset, decoder=decoder,
                                 use_gates=self.use_gates, sequential_prompts=True)
         obs = env.reset()
-        alive = torch.ones(n, dtype=torch.bool, device=self.device)
-        steps = []  # per step: (active (n,), reward components (C+1, n), entropy, m, tokens, effects)
-        for _ in range(env.max_steps):
+        # storage shaped (steps, envs); a row counts until its first episode ends, its restarts are ignored
+        active = torch.zeros(max_steps, n, dtype=torch.bool)
+        values = torch.zeros(max_steps, n, 1 + len(COMPONENTS))  # total reward, then each component
+        entropy, modulation = torch.zeros(max_steps, n), torch.zeros(max_steps, n)
+        tokens = torch.zeros(max_steps, n, dtype=torch.long)
+        eot = torch.zeros(max_steps, n, dtype=torch.bool)
+        effects = []
+        alive = torch.ones(n, dtype=torch.bool)
+        steps = 0
+        while steps < max_steps and bool(alive.any()):
             m = policy.act(obs, deterministic=deterministic) if policy is not None else \
                 torch.full((n,), env.initial_m, device=self.device)
             m = m.detach().to(self.device).float().reshape(n).clamp(0.0, 1.0)  # what the env applies
             obs, reward, terminated, truncated, info = env.step(m)
-            values = torch.stack([reward, *(info["components"][c] for c in COMPONENTS)])
-            steps.append((alive.clone(), values, info["sampling_entropy"], m, info["tokens"],
-                          info["effects"] if record else None, terminated))
-            alive &= ~(terminated | truncated)  # a restarted row plays a second prompt: ignored from here on
-            if not bool(alive.any()):
-                break
-        active = torch.stack([s[0] for s in steps]).float().cpu()          # (T, n)
-        length = active.sum(dim=0)                                          # (n,)
-
-        def episode_mean(x: torch.Tensor) -> np.ndarray:                    # (T, n) -> (n,)
-            return ((x.float().cpu() * active).sum(dim=0) / length).numpy().astype(np.float64)
-
-        values = torch.stack([s[1] for s in steps]).float().cpu()           # (T, C+1, n)
-        per_episode = np.stack([episode_mean(values[:, i]) for i in range(values.shape[1])], axis=1)  # (n, C+1)
-        tokens = torch.stack([s[4] for s in steps]).cpu()                   # (T, n)
-        ended_by_eot = (torch.stack([s[6] for s in steps]).cpu().float() * active).sum(dim=0) > 0
-        generated = [tokens[:int(length[b]), b].tolist() for b in range(n)]
-        trajectories = self._trajectories(steps, generated, n) if record else None
+            active[steps] = alive
+            values[steps] = torch.stack([reward, *(info["components"][c] for c in COMPONENTS)], dim=1).cpu()
+            entropy[steps], modulation[steps] = info["sampling_entropy"].cpu(), m.cpu()
+            tokens[steps], eot[steps] = info["tokens"].cpu(), terminated.cpu()
+            effects.append(info["effects"] if record else None)
+            alive &= ~(terminated | truncated).cpu()
+            steps += 1
+        active = active[:steps]
+        weight = active.float() / active.sum(dim=0)  # (T, n): per-episode mean over its own steps
+        per_episode = (values[:steps] * weight.unsqueeze(2)).sum(dim=0).double().numpy()  # (n, 1 + C)
+        generated = [tokens[:steps, b][active[:, b]].tolist() for b in range(n)]
+        trajectories = None
+        if record:
+            trajectories = [{"gateSignals": [[float(modulation[t, b])] for t in range(len(generated[b]))],
+                             "effects": [None if effects[t] is None else GatingModulator.effects_dict(effects[t], b)
+                                         for t in range(len(generated[b]))],
+                             "tokenIds": generated[b]} for b in range(n)]
         return Episodes(reward=per_episode[:, 0], components=per_episode[:, 1:],
-                        entropy=episode_mean(torch.stack([s[2] for s in steps])),
-                        modulation=episode_mean(torch.stack([s[3] for s in steps])),
-                        terminated=ended_by_eot.numpy(), tokens=generated, sampled_tokens=n * len(steps),
-                        wall_seconds=time.perf_counter() - t0, trajectories=trajectories)
-
-    @staticmethod
-    def _trajectories(steps, generated, n) -> list[dict]:
-        """The lightweight trajectory format of the generator and TrajectoryAnalyzer (texts added by the caller)."""
-        out = []
-        for b in range(n):
-            T = len(generated[b])
-            effects = [steps[t][5] for t in range(T)]
-            out.append({"gateSignals": [[float(steps[t][3][b])] for t in range(T)],
-                        "effects": [GatingModulator.effects_dict(e, b) if e is not None else None for e in effects],
-                        "tokenIds": generated[b]})
-        return out
+                        entropy=(entropy[:steps] * weight).sum(dim=0).double().numpy(),
+                        modulation=(modulation[:steps] * weight).sum(dim=0).double().numpy(),
+                        terminated=(eot[:steps] & active).any(dim=0).numpy(), tokens=generated,
+                        sampled_tokens=n * steps, wall_seconds=time.perf_counter() - t0, trajectories=trajectories)
 
 
 # ------------------------------------------------------------------------------------------- statistics

@@ -170,8 +170,12 @@ class Trainer:
             return model
 
     def _load_data(self) -> None:
+        if self.dist.enabled and not self.dist.is_main:
+            dist.barrier()  # rank 0 builds the token caches once; the other ranks then open them
         self.train_data = TokenDataset(self.config, "train", progress=self.dist.is_main)
         self.val_data = TokenDataset(self.config, "validation", progress=self.dist.is_main)
+        if self.dist.enabled and self.dist.is_main:
+            dist.barrier()
         micro_per_epoch = len(self.train_data) // (self.config["BATCH_SIZE"] * self.dist.world_size)
         self.steps_per_epoch = micro_per_epoch // self.accumulation
         if self.steps_per_epoch == 0:

@@ -44,11 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def health(svc: GenerationService = Depends(service)):
         return {"status": "ok", "cachedModels": len(svc.cache._items), "loads": svc.cache.loads}
 
-    @app.post("/generate", response_model=GenerateResponse)
+    @app.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True)
     async def generate(body: GenerateRequest, svc: GenerationService = Depends(service)):
         return await svc.generate(body)
 
-    @app.post("/analyze-trajectories", response_model=AnalyzeResponse)
+    @app.post("/analyze-trajectories", response_model=AnalyzeResponse, response_model_exclude_none=True)
     async def analyze(body: AnalyzeRequest, svc: GenerationService = Depends(service)):
         return await svc.analyze(body)
 

@@ -12,11 +12,11 @@ router = APIRouter(prefix="/api", tags=["generation"], dependencies=[Depends(rat
                               503: {"model": ErrorResponse}})
 
 
-@router.post("/generate", response_model=GenerateResponse)
+@router.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True)
 async def generate(body: GenerateRequest, services=Depends(get_services)):
     return await services.generation.generate(body)
 
 
-@router.post("/analyze-trajectories", response_model=AnalyzeResponse)
+@router.post("/analyze-trajectories", response_model=AnalyzeResponse, response_model_exclude_none=True)
 async def analyze(body: AnalyzeRequest, services=Depends(get_services)):
     return await services.generation.analyze(body)

@@ -113,11 +113,12 @@ class LocalProvider(ComputeProvider):
             except subprocess.TimeoutExpired:
                 pass
 
-    def reap(self) -> None:
-        """Collect exited worker processes (no zombies)."""
+    def reap(self) -> int:
+        """Collect exited worker processes (no zombies); returns how many of this server's workers still run."""
         for job_id, proc in list(self._children.items()):
             if proc.poll() is not None:
                 self._children.pop(job_id, None)
+        return len(self._children)
 
 
 def _pid_runs_job(pid: int, job_id: str) -> bool:

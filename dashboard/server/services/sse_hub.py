@@ -72,7 +72,9 @@ class StreamReader:
 
 
 class StreamHub:
-    def __init__(self, redis, *, block_ms: int = 2000, queue_size: int = 2048, batch: int = 512):
+    def __init__(self, redis, *, block_ms: int = 2000, queue_size: int = 2048, batch: int = 512,
+                 ready_timeout: float = 10.0):
+        self.ready_timeout = ready_timeout
         self.redis = redis                   # a client whose socket timeout exceeds block_ms
         self.block_ms = block_ms
         self.queue_size = queue_size
@@ -90,7 +92,13 @@ class StreamHub:
             self.readers_started += 1
             reader.task = asyncio.create_task(self._read(reader), name=f"sse-reader:{key}")
         # the reader fixes its starting cursor first; a subscriber must not miss what comes after it
-        await reader.ready.wait()
+        try:
+            await asyncio.wait_for(reader.ready.wait(), self.ready_timeout)
+        except asyncio.TimeoutError:
+            if not reader.subscribers and self.readers.get(key) is reader:  # Redis is down: do not leave it behind
+                self.readers.pop(key, None)
+                reader.task.cancel()
+            raise
         sub = Subscription(key, reader.cursor, self.queue_size)
         reader.subscribers.add(sub)
         return sub

@@ -288,6 +288,32 @@ class RunAblationStudyTest(TempDirTestCase):
         self.assertIsNone(results["learned_vs_best_constant"]["difference"])
         self.assertIn("mirostat_v2", format_ablation_table(results))
 
+    def test_results_do_not_depend_on_the_number_of_environments(self):
+        """Prompt p always plays in the noise stream (seed, p): one environment at a time gives the same episodes."""
+        one_by_one = run_ablation_study(self.model, self.prompts[:2], self.config, self.reward_computer, seeds=[0],
+                                        num_envs=1, progress=False)
+        together = run_ablation_study(self.model, self.prompts[:2], self.config, self.reward_computer, seeds=[0],
+                                      num_envs=2, progress=False)
+        self.assertEqual(one_by_one["config"]["num_envs"], 1)
+        for name in ("fixed_0.5", "best_constant", "plain_top_k_top_p", "min_p", "mirostat_v2"):
+            for key in ("distinct_1", "distinct_2", "rep_4"):
+                self.assertEqual(one_by_one["policies"][name][key], together["policies"][name][key], (name, key))
+            self.assertAlmostEqual(one_by_one["policies"][name]["reward"]["mean"],
+                                   together["policies"][name]["reward"]["mean"], places=5)
+
+    def test_an_episode_ended_by_endoftext_counts_only_its_own_steps(self):
+        eager = copy.deepcopy(self.model)
+        with torch.no_grad():
+            eager.output_projection.bias[VOCAB - 1] = 100.0  # <|endoftext|> first, whatever the decoder
+        results = run_ablation_study(eager, self.prompts, self.config, self.reward_computer, seeds=[0],
+                                     progress=False)
+        for name, policy in results["policies"].items():
+            self.assertEqual(policy["episodes"], 5, name)  # the restarted rows' second episodes are ignored
+            self.assertEqual(policy["mean_length"], 1.0, name)
+            self.assertEqual(policy["terminated_fraction"], 1.0, name)
+            self.assertEqual(policy["distinct_1"], 1 / 5, name)  # five generations of the single token 50256
+            self.assertIsNone(policy["rep_4"], name)
+
     def test_refuses_a_reward_computer_without_bigram_statistics(self):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -1,0 +1,145 @@
+"""RL environment throughput: N vectorized environments in one batched, KV-cached forward per step, side by side with
+ONE environment at a time (the original's rollouts, SPEC §14), in one process.
+
+Both sides run the same GatingEnvironment under the same untrained PPO agent. They use the base model config
+(untrained weights: speed does not depend on them), synthetic prompts of 3–10 random token ids, a RewardComputer with
+bigram statistics from a random token stream, and full-length episodes that end and restart with a fresh prefill.
+"Steps/s" counts environment steps, i.e. tokens generated under control; stepping 16 environments one after the
+other runs at the single environment's rate. Timed chunks alternate (vectorized, single, vectorized, ...) and the
+median is reported, so machine noise hits both sides alike.
+
+    python benchmarks/bench_rl.py [--config plugins/tidal/configs/base_config.yaml] [--num-envs 16] [--device auto]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from experiment_utils import resolve_device  # noqa: E402
+from plugins.tidal.DataPipeline import EOT_TOKEN_ID  # noqa: E402
+from plugins.tidal.GatingEnvironment import GatingEnvironment  # noqa: E402
+from plugins.tidal.GatingModulator import GatingModulator  # noqa: E402
+from plugins.tidal.GatingPolicyAgent import create_agent  # noqa: E402
+from plugins.tidal.RewardComputer import RewardComputer  # noqa: E402
+from plugins.tidal.TransformerLM import TransformerLM, count_parameters  # noqa: E402
+from plugins.tidal.Utils import BASE_CONFIG_PATH, CONFIG_DIR, RL_CONFIG_PATH, atomic_write_json, load_config, read_yaml  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUICKSTART_CONFIG = CONFIG_DIR / "quickstart_config.yaml"
+TARGET_RATIO = 6.0
+NUM_PROMPTS = 256
+BIGRAM_STREAM_TOKENS = 200_000
+
+
+def synthetic_prompts(count: int, lo: int, hi: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    """`count` prompts of lo..hi random token ids (never <|endoftext|>)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, min(vocab, EOT_TOKEN_ID), int(rng.integers(lo, hi + 1))).tolist() for _ in range(count)]
+
+
+class Stepper:
+    """One environment (of `num_envs` rows) driven by the agent; `run(steps)` returns the seconds they took."""
+
+    def __init__(self, model, rl_config, reward_computer, prompts, agent, num_envs: int, device: torch.device):
+        self.env = GatingEnvironment(model, GatingModulator(rl_config), reward_computer, prompts, rl_config,
+                                     num_envs=num_envs, device=device, seed=0)
+        self.agent = agent
+        self.device = device
+        self.obs = self.env.reset()
+
+    @torch.no_grad()
+    def run(self, steps: int) -> float:
+        sync(self.device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.obs, *_ = self.env.step(self.agent.act(self.obs))
+        sync(self.device)
+        return time.perf_counter() - t0
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_config(name: str, config: dict, rl_config: dict, num_envs: int, steps: int, repeats: int, warmup: int,
+                 device: torch.device) -> dict:
+    torch.manual_seed(0)
+    model = TransformerLM(config["VOCAB_SIZE"], config).to(device).eval()
+    vocab = config["VOCAB_SIZE"]
+    stream = np.random.default_rng(1).integers(0, vocab, BIGRAM_STREAM_TOKENS)
+    reward_computer = RewardComputer(rl_config, vocab, RewardComputer.bigram_statistics_from_tokens(stream, vocab))
+    prompts = synthetic_prompts(NUM_PROMPTS, rl_config["RL_PROMPT_MIN_LENGTH"], rl_config["RL_PROMPT_MAX_LENGTH"], vocab)
+    agent = create_agent(rl_config).to(device).eval()
+    sides = {"vectorized": Stepper(model, rl_config, reward_computer, prompts, agent, num_envs, device),
+             "single": Stepper(model, rl_config, reward_computer, prompts, agent, 1, device)}
+    for side in sides.values():
+        side.run(warmup)
+    seconds = {name: [] for name in sides}
+    for _ in range(repeats):
+        for side_name, side in sides.items():
+            seconds[side_name].append(side.run(steps))
+    vec_rate = num_envs * steps / statistics.median(seconds["vectorized"])
+    single_rate = steps / statistics.median(seconds["single"])
+    best_ratio = num_envs * min(seconds["single"]) / min(seconds["vectorized"])  # fastest chunks: least disturbed
+    return {"config": name, "parameters": count_parameters(model), "num_envs": num_envs,
+            "episode_length": rl_config["RL_MAX_EPISODE_LENGTH"], "steps_per_chunk": steps, "repeats": repeats,
+            "vectorized_steps_per_s": vec_rate, "single_steps_per_s": single_rate,
+            "vectorized_ms_per_batched_step": 1000 * statistics.median(seconds["vectorized"]) / steps,
+            "single_ms_per_step": 1000 * statistics.median(seconds["single"]) / steps,
+            "ratio": vec_rate / single_rate, "ratio_best_chunks": best_ratio, "target": TARGET_RATIO,
+            "chunk_seconds": seconds}
+
+
+def print_table(rows: list[dict], machine: str) -> None:
+    print(f"\nRL environment steps/s (tokens generated under control) — {machine}")
+    print(f"{'config':<12} {'params':>8} {'N':>3} {'vectorized steps/s':>19} {'single steps/s':>15} {'ratio':>7} "
+          f"{'best-chunk ratio':>17} {'target':>7}")
+    for r in rows:
+        print(f"{r['config']:<12} {r['parameters'] / 1e6:>7.1f}M {r['num_envs']:>3} {r['vectorized_steps_per_s']:>19.1f} "
+              f"{r['single_steps_per_s']:>15.1f} {r['ratio']:>6.2f}x {r['ratio_best_chunks']:>16.2f}x "
+              f"{'>=' + format(r['target'], 'g'):>7}")
+    print("steps/s and ratio from the median chunk; best-chunk ratio from the fastest chunk of each side")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(BASE_CONFIG_PATH))
+    parser.add_argument("--num-envs", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10, help="environment steps per timed chunk")
+    parser.add_argument("--repeats", type=int, default=7, help="timed chunks per side, interleaved")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    rl_config = read_yaml(RL_CONFIG_PATH)
+    configs = [("base", load_config(args.config))]
+    if QUICKSTART_CONFIG.exists():
+        configs.append(("quickstart", load_config(QUICKSTART_CONFIG)))
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    rows = [bench_config(name, config, rl_config, args.num_envs, args.steps, args.repeats, args.warmup, device)
+            for name, config in configs]
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    print_table(rows, machine)
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if load_before is not None:
+        print(f"1-minute load average: {load_before:.2f} before, {load_after:.2f} after "
+              f"(other processes on the machine slow both sides)")
+    atomic_write_json(RESULTS / "bench_rl.json", {"machine": machine, "device": str(device), "rows": rows,
+                                                  "load_average": [load_before, load_after],
+                                                  "torch": torch.__version__, "timestamp": time.time()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
