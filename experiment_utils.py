@@ -32,7 +32,8 @@ _GIT_TIMEOUT_S = 5.0
 
 
 def is_valid_experiment_id(value: object) -> bool:
-    return isinstance(value, str) and _EXPERIMENT_ID_RE.fullmatch(value) is not None
+    # ".." never appears in a generated id; refusing it anywhere keeps ids far from path-traversal look-alikes.
+    return isinstance(value, str) and _EXPERIMENT_ID_RE.fullmatch(value) is not None and ".." not in value
 
 
 def experiments_root() -> Path:

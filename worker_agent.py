@@ -36,7 +36,7 @@ if str(PROJECT_ROOT) not in sys.path:  # run as a file from anywhere
 
 from dashboard.server.errors import DomainError  # noqa: E402
 from dashboard.server.services import jobs_core  # noqa: E402
-from dashboard.server.services.experiment_ids import make_experiment_id  # noqa: E402
+from experiment_utils import make_experiment_id  # noqa: E402
 from dashboard.server.services.paths import JOB_ID_RE, resolve_config_path, resolve_experiment_path  # noqa: E402
 from dashboard.server.services.plugin_registry import (  # noqa: E402
     ARG_SOURCES, DEFAULT_MANIFEST_PATH, PluginManifest, load_manifest)

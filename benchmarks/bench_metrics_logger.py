@@ -10,8 +10,8 @@ only, each logging a 10-key dict per step. Figures per mode:
 - the CPU per record of the background Redis thread (process CPU minus training-thread CPU over the tight loop
   and the final drain),
 - overhead = (in-loop call CPU + background CPU) / reference step — the requirement (ADR 0006) is < 2 %,
-- the end-to-end step time with logging against the plain step (interleaved rounds, medians compared; noisy on a
-  shared machine, shown for completeness).
+- the end-to-end step time with logging against the plain step (interleaved rounds, medians compared), next to an
+  A/A control (plain against plain) that shows how much of that difference is noise on a shared machine.
 
     python benchmarks/bench_metrics_logger.py [--rounds 6] [--steps 20] [--matmuls 50]
 """
@@ -60,22 +60,33 @@ def metrics_for(step: int) -> dict[str, float]:
     return {key: 1.0 / (step + i + 1) for i, key in enumerate(METRIC_KEYS)}
 
 
-def measure_mode(step_fn: StandInStep, logger: MetricsLogger, rounds: int, steps: int) -> dict[str, float]:
+def measure_mode(step_fn: StandInStep, logger: MetricsLogger | None, rounds: int, steps: int) -> dict[str, float]:
+    """Rounds of `steps` plain and `steps` logged steps, alternating which block goes first so drift cancels.
+    With `logger=None` both blocks are plain: the A/A control whose end-to-end Δ is the noise floor."""
     ref_steps, logged_steps, call_wall, call_cpu = [], [], [], []
     step = 0
-    for _ in range(rounds):
+
+    def plain_block():
         for _ in range(steps):
             ref_steps.append(step_fn())
+
+    def logged_block():
+        nonlocal step
         for _ in range(steps):
             started = time.perf_counter()
             step_fn()
             call_started, cpu_started = time.perf_counter(), time.thread_time()
-            logger.log_metrics(metrics_for(step), step)
+            if logger is not None:
+                logger.log_metrics(metrics_for(step), step)
             call_cpu.append(time.thread_time() - cpu_started)
             ended = time.perf_counter()
             call_wall.append(ended - call_started)
             logged_steps.append(ended - started)
             step += 1
+
+    for i in range(rounds):
+        for block in ((plain_block, logged_block) if i % 2 == 0 else (logged_block, plain_block)):
+            block()
     ref, logged = statistics.median(ref_steps), statistics.median(logged_steps)
     return {"ref_ms": ref * 1e3, "e2e_pct": 100 * (logged - ref) / ref,
             "wall_median_us": statistics.median(call_wall) * 1e6, "wall_mean_us": statistics.mean(call_wall) * 1e6,
@@ -123,6 +134,7 @@ def main() -> int:
         stream = rows[0][2].keys.stream
         in_stream, stream_bytes = client.xlen(stream), client.memory_usage(stream)
         client.close()
+    control = measure_mode(step_fn, None, args.rounds, args.steps)
 
     ref_ms = statistics.median(r["ref_ms"] for _, r, _ in rows)
     for _, r, _ in rows:
@@ -136,6 +148,8 @@ def main() -> int:
         wall = f"{r['wall_median_us']:.1f} / {r['wall_mean_us']:.1f}"
         print(f"{name:<11} {wall:>22} {r['thread_cpu_us']:>12.1f} {r['warm_cpu_us']:>17.1f} "
               f"{r['background_cpu_us']:>18.1f} {r['overhead_pct']:>8.2f}% {r['e2e_pct']:>+12.2f}%")
+    print(f"{'A/A control':<11} {'':>22} {'':>12} {'':>17} {'':>18} {'':>9} {control['e2e_pct']:>+12.2f}%"
+          "   (plain vs plain: the noise floor of the end-to-end column)")
     expected = args.rounds * args.steps + args.tight_calls
     print(f"\nrecords on disk per mode: {[r['on_disk'] for _, r, _ in rows]} (expected {expected}); "
           f"live updates dropped: {dict((name, r['dropped']) for name, r, _ in rows)}")

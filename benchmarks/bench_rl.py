@@ -8,7 +8,7 @@ bigram statistics from a random token stream, and full-length episodes that end 
 other runs at the single environment's rate. Timed chunks alternate (vectorized, single, vectorized, ...) and the
 median is reported, so machine noise hits both sides alike.
 
-    python benchmarks/bench_rl.py [--config plugins/tidal/configs/base_config.yaml] [--num-envs 16] [--device auto]
+    python benchmarks/bench_rl.py [--config plugins/tidal/configs/base_config.yaml] [--num-envs 16] [--threads 1]
 """
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ from plugins.tidal.GatingModulator import GatingModulator  # noqa: E402
 from plugins.tidal.GatingPolicyAgent import create_agent  # noqa: E402
 from plugins.tidal.RewardComputer import RewardComputer  # noqa: E402
 from plugins.tidal.TransformerLM import TransformerLM, count_parameters  # noqa: E402
-from plugins.tidal.Utils import BASE_CONFIG_PATH, CONFIG_DIR, RL_CONFIG_PATH, atomic_write_json, load_config, read_yaml  # noqa: E402
+from plugins.tidal.Utils import (  # noqa: E402
+    BASE_CONFIG_PATH, CONFIG_DIR, RL_CONFIG_PATH, atomic_write_json, load_config, read_yaml,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICKSTART_CONFIG = CONFIG_DIR / "quickstart_config.yaml"
@@ -78,7 +80,8 @@ def bench_config(name: str, config: dict, rl_config: dict, num_envs: int, steps:
     vocab = config["VOCAB_SIZE"]
     stream = np.random.default_rng(1).integers(0, vocab, BIGRAM_STREAM_TOKENS)
     reward_computer = RewardComputer(rl_config, vocab, RewardComputer.bigram_statistics_from_tokens(stream, vocab))
-    prompts = synthetic_prompts(NUM_PROMPTS, rl_config["RL_PROMPT_MIN_LENGTH"], rl_config["RL_PROMPT_MAX_LENGTH"], vocab)
+    prompts = synthetic_prompts(NUM_PROMPTS, rl_config["RL_PROMPT_MIN_LENGTH"], rl_config["RL_PROMPT_MAX_LENGTH"],
+                                vocab)
     agent = create_agent(rl_config).to(device).eval()
     sides = {"vectorized": Stepper(model, rl_config, reward_computer, prompts, agent, num_envs, device),
              "single": Stepper(model, rl_config, reward_computer, prompts, agent, 1, device)}
@@ -105,9 +108,9 @@ def print_table(rows: list[dict], machine: str) -> None:
     print(f"{'config':<12} {'params':>8} {'N':>3} {'vectorized steps/s':>19} {'single steps/s':>15} {'ratio':>7} "
           f"{'best-chunk ratio':>17} {'target':>7}")
     for r in rows:
-        print(f"{r['config']:<12} {r['parameters'] / 1e6:>7.1f}M {r['num_envs']:>3} {r['vectorized_steps_per_s']:>19.1f} "
-              f"{r['single_steps_per_s']:>15.1f} {r['ratio']:>6.2f}x {r['ratio_best_chunks']:>16.2f}x "
-              f"{'>=' + format(r['target'], 'g'):>7}")
+        print(f"{r['config']:<12} {r['parameters'] / 1e6:>7.1f}M {r['num_envs']:>3} "
+              f"{r['vectorized_steps_per_s']:>19.1f} {r['single_steps_per_s']:>15.1f} {r['ratio']:>6.2f}x "
+              f"{r['ratio_best_chunks']:>16.2f}x {'>=' + format(r['target'], 'g'):>7}")
     print("steps/s and ratio from the median chunk; best-chunk ratio from the fastest chunk of each side")
 
 
@@ -119,7 +122,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7, help="timed chunks per side, interleaved")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); 1 is steadier on a shared machine, where "
+                             "OpenMP barriers stall small per-token ops")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     rl_config = read_yaml(RL_CONFIG_PATH)
     configs = [("base", load_config(args.config))]

@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -337,6 +337,13 @@ def compare(learned: np.ndarray, best: np.ndarray, samples: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- the study
+class _Run(NamedTuple):
+    episodes: Episodes
+    description: str
+    modulated: bool = True  # False for decoders that m does not drive: their mean m is null
+    constant_m: float | None = None
+
+
 def _check_prompts(prompts, vocab_size: int) -> list[list[int]]:
     if not prompts:
         raise ValueError("the ablation needs at least one prompt")
@@ -390,6 +397,7 @@ def run_ablation_study(model, prompts: Sequence[Sequence[int]], rl_config: dict,
 
     # the grid of constants; "fixed 0.5" and "best constant" reuse its runs when m is on it
     grid_ms = [round(float(m), 10) for m in np.linspace(0.0, 1.0, int(rl_config["RL_ABLATION_GRID_POINTS"]))]
+
     def constant(m: float) -> Episodes:
         return play(f"constant m={m:g}", lambda seed: FixedGatingPolicy(m))
 
@@ -403,15 +411,16 @@ def run_ablation_study(model, prompts: Sequence[Sequence[int]], rl_config: dict,
                      "ci_high": stat["ci_high"]})
     best_m = max(grid, key=lambda g: g["mean_reward"])["m"]  # the first of equal maxima: the most conservative m
 
-    runs: dict[str, tuple[Episodes, bool, str, float | None]] = {}
-    runs["random"] = (play("random", RandomGatingPolicy), True, "m ~ U(0, 1) per token", None)
-    runs["fixed_0.5"] = (constant_runs[0.5], True, "m = 0.5 for every token", 0.5)
-    runs["best_constant"] = (constant_runs[best_m], True, f"best m of the grid: {best_m:g}", best_m)
+    runs: dict[str, _Run] = {
+        "random": _Run(play("random", RandomGatingPolicy), "m ~ U(0, 1) per token"),
+        "fixed_0.5": _Run(constant_runs[0.5], "m = 0.5 for every token", constant_m=0.5),
+        "best_constant": _Run(constant_runs[best_m], f"best m of the grid: {best_m:g}", constant_m=best_m),
+    }
     if agent is not None:
-        runs["learned_stochastic"] = (play("learned (stochastic)", lambda seed: agent, deterministic=False), True,
-                                      "PPO agent, m sampled from the policy", None)
-        runs["learned_deterministic"] = (play("learned (deterministic)", lambda seed: agent, deterministic=True), True,
-                                         "PPO agent, m = the policy mean", None)
+        runs["learned_stochastic"] = _Run(play("learned (stochastic)", lambda seed: agent, deterministic=False),
+                                          "PPO agent, m sampled from the policy")
+        runs["learned_deterministic"] = _Run(play("learned (deterministic)", lambda seed: agent, deterministic=True),
+                                             "PPO agent, m = the policy mean")
     baselines = {
         "plain_top_k_top_p": lambda: PlainDecoder.at_modulation(modulator, 0.5),
         "min_p": lambda: MinPDecoder(float(rl_config["RL_ABLATION_MIN_P"])),
@@ -419,15 +428,15 @@ def run_ablation_study(model, prompts: Sequence[Sequence[int]], rl_config: dict,
                                                  float(rl_config["RL_ABLATION_MIROSTAT_ETA"])),
     }
     for name, factory in baselines.items():
-        runs[name] = (play(name, decoder_factory=factory), False, factory().describe(), None)
+        runs[name] = _Run(play(name, decoder_factory=factory), factory().describe(), modulated=False)
 
-    policies = {name: summarise(episodes, samples, modulated, description, constant_m)
-                for name, (episodes, modulated, description, constant_m) in runs.items()}
+    policies = {name: summarise(run.episodes, samples, run.modulated, run.description, run.constant_m)
+                for name, run in runs.items()}
     if agent is not None:
         best = constant_runs[best_m].reward
         comparison = {"policy": "learned_deterministic", "best_constant_m": best_m, "paired": True,
-                      **compare(runs["learned_deterministic"][0].reward, best, samples),
-                      "stochastic": compare(runs["learned_stochastic"][0].reward, best, samples)}
+                      **compare(runs["learned_deterministic"].episodes.reward, best, samples),
+                      "stochastic": compare(runs["learned_stochastic"].episodes.reward, best, samples)}
     else:
         comparison = {"policy": None, "best_constant_m": best_m, "paired": True, "difference": None,
                       "ci_low": None, "ci_high": None, "verdict": "no learned policy evaluated"}

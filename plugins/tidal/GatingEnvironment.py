@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from plugins.tidal.DataPipeline import EOT_TOKEN_ID
 from plugins.tidal.GatingModulator import GatingModulator
-from plugins.tidal.TransformerLM import apply_repetition_penalty, filter_logits
+from plugins.tidal.TransformerLM import apply_repetition_penalty, filter_logits, sample_from_probs
 
 OBSERVATION_DIM = 64
 HIDDEN_CHUNKS = 24
@@ -215,15 +215,15 @@ class GatingEnvironment:
         rows = torch.arange(self.num_envs, device=self.device)
         with torch.no_grad():
             modulated, sampling, effects = self.decoder.decode(self.logits, self.seen, m)
-            noise = torch.stack([torch.rand(sampling.shape[1], generator=g, device=self.device) for g in self.token_rngs])
-            token = (sampling - torch.log(-torch.log(noise))).argmax(dim=-1)  # Gumbel-max = sample from softmax
+            probs = sampling.softmax(dim=-1)
+            token = sample_from_probs(probs, self.token_rngs)
             token_logprob = self.logits.log_softmax(dim=-1)[rows, token]
             prev_token = self.history[rows, self.lengths - 1]
             recent_idx = self.lengths.unsqueeze(1) - RECENT_WINDOW + torch.arange(RECENT_WINDOW, device=self.device)
             recent = self.history.gather(1, recent_idx.clamp_min(0)).masked_fill(recent_idx < 0, -1)
             components = self.reward_computer.compute(token_logprob, modulated, sampling, token, prev_token, recent)
             self.decoder.observe(token, sampling)
-            sampling_entropy = torch.special.entr(sampling.softmax(dim=-1)).sum(dim=-1)
+            sampling_entropy = torch.special.entr(probs).sum(dim=-1)
         reward = components["total"]
         self.history[rows, self.lengths] = token
         self.lengths += 1
@@ -233,7 +233,7 @@ class GatingEnvironment:
         terminated = token == EOT_TOKEN_ID
         truncated = (self.steps >= self.max_steps) & ~terminated
         self._forward(token, m)  # the one batched LM forward of this step
-        self.prev_m = m
+        self.prev_m = m.clone()  # a copy: restarting rows reset prev_m in place, m stays what the agent chose
         obs = self._observation()
         ended = terminated | truncated
         info = {"components": components, "tokens": token, "modulation": m, "effects": effects,

@@ -12,6 +12,10 @@ if __package__ in (None, ""):  # run as a file: make the project root importable
     import sys
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+if __name__ == "__main__":  # before torch is imported: a re-exec is then nearly free
+    from plugins.tidal.Utils import reexec_with_tuned_malloc
+
+    reexec_with_tuned_malloc()
 
 import argparse
 import signal

@@ -148,17 +148,22 @@ class Trainer:
     def _build(self) -> None:
         torch.manual_seed(self.config["SEED"])  # all randomness in training (init, dropout) comes from torch
         self.raw_model = TransformerLM(self.config["VOCAB_SIZE"], self.config).to(self.device)
+        # The LM phase trains the ungated path (gate_signals=None); the DynamicGates are trained only by the RL
+        # trainer. Frozen before DDP wraps the model, they stay out of its gradient reduction (which rejects
+        # parameters that receive no gradient).
+        for name, p in self.raw_model.named_parameters():
+            p.requires_grad_("_gate." not in name)
         self.model = self.raw_model
         if self.dist.enabled:
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.raw_model, device_ids=ids)
         if self.config["TORCH_COMPILE"]:
             self.model = self._compile(self.model)
-        decay = [p for n, p in self.raw_model.named_parameters() if p.dim() >= 2 and "_gate" not in n]
-        no_decay = [p for n, p in self.raw_model.named_parameters() if p.dim() < 2 or "_gate" in n]
+        trainable = [p for p in self.raw_model.parameters() if p.requires_grad]
         lr = self.config["LEARNING_RATE_SCHEDULER"]["BASE_LR"]
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.config["WEIGHT_DECAY"]}, {"params": no_decay, "weight_decay": 0.0}],
+            [{"params": [p for p in trainable if p.dim() >= 2], "weight_decay": self.config["WEIGHT_DECAY"]},
+             {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}],  # no decay on biases/norms
             lr=lr, betas=tuple(self.config["ADAM_BETAS"]), fused=self.device.type == "cuda")
         self.n_params = count_parameters(self.raw_model)
 

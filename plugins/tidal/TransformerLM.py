@@ -379,19 +379,26 @@ def filter_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0) -> 
     return torch.full_like(logits, float("-inf")).scatter(1, indices, values)
 
 
+def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+                      ) -> torch.Tensor:
+    """One token per row of (B, V) probabilities -> (B,). A list of generators gives every row its own random stream:
+    one uniform per row, inverted through the row's CDF, so a row's draw never depends on the rest of the batch."""
+    if not isinstance(generator, (list, tuple)):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    u = torch.stack([torch.rand((), generator=g, device=probs.device) for g in generator]).double()
+    cdf = probs.double().cumsum(dim=-1)
+    # right=True: the first index whose CDF exceeds u·total, which is never a zero-probability token
+    return torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1).clamp(max=probs.shape[1] - 1)
+
+
 def sample_next_token(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0,
                       generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
-    """Filter (see `filter_logits`) and sample one token per row -> (B,). Rows with temperature 0 take the argmax.
-    A list of generators gives every row its own random stream (Gumbel-max sampling, exact for softmax)."""
+    """Filter (see `filter_logits`) and sample one token per row -> (B,). Rows with temperature 0 take the argmax."""
     filtered = filter_logits(logits, temperature, top_k, top_p)
     greedy = _per_row(temperature, logits.shape[0], logits).squeeze(1) == 0
     if bool(greedy.all()):
         return filtered.argmax(dim=-1)
-    if isinstance(generator, (list, tuple)):
-        u = torch.stack([torch.rand(logits.shape[1], generator=g, device=logits.device) for g in generator])
-        sampled = (filtered - torch.log(-torch.log(u))).argmax(dim=-1)
-    else:
-        sampled = torch.multinomial(filtered.float().softmax(dim=-1), 1, generator=generator).squeeze(1)
+    sampled = sample_from_probs(filtered.float().softmax(dim=-1), generator)
     return torch.where(greedy, filtered.argmax(dim=-1), sampled)
 
 

@@ -14,7 +14,7 @@ import anyio
 from redis.exceptions import RedisError
 
 from ..errors import NotFound
-from .experiment_ids import is_valid_experiment_id, read_experiment_metadata
+from experiment_utils import is_valid_experiment_id, read_experiment_metadata
 from .metrics_reader import JsonlTail, downsample, series_keys
 from .paths import check_experiment_id
 

@@ -10,7 +10,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from ..errors import BadRequest, NotFound
-from .experiment_ids import is_valid_experiment_id
+from experiment_utils import is_valid_experiment_id
 
 CONFIG_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.ya?ml$")
 CHECKPOINT_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}\.pth$")

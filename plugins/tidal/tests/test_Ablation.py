@@ -21,7 +21,6 @@ from plugins.tidal.TransformerLM import TransformerLM, apply_repetition_penalty,
 from tests.support import TempDirTestCase, rl_config, tiny_config
 
 VOCAB = 50257  # the environment ends episodes at <|endoftext|> = 50256, so the tiny model keeps GPT-2's vocabulary
-LN2 = math.log(2.0)
 
 
 def _strip_timings(obj):
@@ -189,12 +188,18 @@ class RunAblationStudyTest(TempDirTestCase):
                                RL_ABLATION_BOOTSTRAP_SAMPLES=50)
         cls.model = TransformerLM(VOCAB, tiny_config()).eval()
         rng = np.random.default_rng(1)
-        # 5 prompts with 4 environments: one full wave and one partial wave of a single prompt
-        cls.prompts = [rng.integers(0, VOCAB - 1, int(n)).tolist() for n in (3, 5, 10, 4, 7)]
+        cls.prompts = [rng.integers(0, VOCAB - 1, int(n)).tolist() for n in (3, 5, 10, 4)]
         cls.reward_computer = _reward_computer(cls.model, cls.prompts, cls.config)
         cls.agent = create_agent(cls.config)
-        cls.results = run_ablation_study(cls.model, cls.prompts, cls.config, cls.reward_computer, agent=cls.agent,
-                                         progress=False)
+        cls.results = cls.study(agent=cls.agent)
+        # without an agent, 3 prompts in waves of 2 (one full, one partial) and in a single wave of 3
+        cls.in_waves = cls.study(prompts=cls.prompts[:3], seeds=[0], num_envs=2)
+        cls.in_one_wave = cls.study(prompts=cls.prompts[:3], seeds=[0], num_envs=3)
+
+    @classmethod
+    def study(cls, prompts=None, **kwargs) -> dict:
+        return run_ablation_study(cls.model, cls.prompts if prompts is None else prompts, cls.config,
+                                  cls.reward_computer, progress=False, **kwargs)
 
     def test_every_policy_is_reported(self):
         expected = {"random", "fixed_0.5", "best_constant", "learned_stochastic", "learned_deterministic",
@@ -202,14 +207,17 @@ class RunAblationStudyTest(TempDirTestCase):
         self.assertEqual(set(self.results["policies"]), expected)
         config = self.results["config"]
         self.assertEqual(config["seeds"], [0, 1])
-        self.assertEqual(config["num_prompts"], 5)
+        self.assertEqual(config["num_prompts"], 4)
         self.assertEqual(config["episode_length"], 6)
         self.assertIsInstance(self.results["timestamp"], float)
 
     def test_every_policy_plays_every_prompt_once_per_seed(self):
         for name, policy in self.results["policies"].items():
-            self.assertEqual(policy["episodes"], 10, name)
+            self.assertEqual(policy["episodes"], 8, name)
             self.assertGreater(policy["tokens_per_second"], 0.0, name)
+        for name, policy in self.in_waves["policies"].items():  # the partial last wave included
+            self.assertEqual(policy["episodes"], 3, name)
+            self.assertEqual(policy["generated_tokens"], 3 * 6, name)
 
     def test_confidence_intervals_contain_the_mean(self):
         for name, policy in self.results["policies"].items():
@@ -265,41 +273,29 @@ class RunAblationStudyTest(TempDirTestCase):
         self.assertIn("verdict", comparison["stochastic"])
 
     def test_same_prompts_and_seeds_give_identical_results_and_the_json_file(self):
-        # a smaller study than the class's (same model, reward computer and agent) keeps the suite fast
-        def study(**kwargs):
-            return run_ablation_study(self.model, self.prompts[:3], self.config, self.reward_computer,
-                                      agent=self.agent, seeds=[1], progress=False, **kwargs)
-
-        rng_state = torch.get_rng_state()
-        first = study(experiment_dir=self.tmp)
-        self.assertTrue(torch.equal(rng_state, torch.get_rng_state()), "the study must leave the global RNG alone")
         torch.rand(7)  # a different global RNG state before the second run must not matter
-        again = study()
-        self.assertEqual(_strip_timings(again), _strip_timings(first))
+        rng_state = torch.get_rng_state()
+        again = self.study(agent=self.agent, experiment_dir=self.tmp)
+        self.assertTrue(torch.equal(rng_state, torch.get_rng_state()), "the study must leave the global RNG alone")
+        self.assertEqual(_strip_timings(again), _strip_timings(self.results))
         path = self.tmp / "ablation_results.json"
         on_disk = json.loads(path.read_text(), parse_constant=lambda c: self.fail(f"non-strict JSON: {c}"))
-        self.assertEqual(on_disk, json.loads(json.dumps(first)))
+        self.assertEqual(on_disk, json.loads(json.dumps(again)))
 
     def test_without_an_agent_there_are_no_learned_rows(self):
-        results = run_ablation_study(self.model, self.prompts[:2], self.config, self.reward_computer, seeds=[0],
-                                     progress=False)
-        self.assertNotIn("learned_stochastic", results["policies"])
-        self.assertNotIn("learned_deterministic", results["policies"])
-        self.assertIsNone(results["learned_vs_best_constant"]["difference"])
-        self.assertIn("mirostat_v2", format_ablation_table(results))
+        self.assertNotIn("learned_stochastic", self.in_waves["policies"])
+        self.assertNotIn("learned_deterministic", self.in_waves["policies"])
+        self.assertIsNone(self.in_waves["learned_vs_best_constant"]["difference"])
+        self.assertIn("mirostat_v2", format_ablation_table(self.in_waves))
 
     def test_results_do_not_depend_on_the_number_of_environments(self):
-        """Prompt p always plays in the noise stream (seed, p): one environment at a time gives the same episodes."""
-        one_by_one = run_ablation_study(self.model, self.prompts[:2], self.config, self.reward_computer, seeds=[0],
-                                        num_envs=1, progress=False)
-        together = run_ablation_study(self.model, self.prompts[:2], self.config, self.reward_computer, seeds=[0],
-                                      num_envs=2, progress=False)
-        self.assertEqual(one_by_one["config"]["num_envs"], 1)
+        """Prompt p always plays in the noise stream (seed, p), whichever wave and row it lands in."""
+        self.assertEqual((self.in_waves["config"]["num_envs"], self.in_one_wave["config"]["num_envs"]), (2, 3))
         for name in ("fixed_0.5", "best_constant", "plain_top_k_top_p", "min_p", "mirostat_v2"):
+            waves, one_wave = self.in_waves["policies"][name], self.in_one_wave["policies"][name]
             for key in ("distinct_1", "distinct_2", "rep_4"):
-                self.assertEqual(one_by_one["policies"][name][key], together["policies"][name][key], (name, key))
-            self.assertAlmostEqual(one_by_one["policies"][name]["reward"]["mean"],
-                                   together["policies"][name]["reward"]["mean"], places=5)
+                self.assertEqual(waves[key], one_wave[key], (name, key))
+            self.assertAlmostEqual(waves["reward"]["mean"], one_wave["reward"]["mean"], places=5)
 
     def test_an_episode_ended_by_endoftext_counts_only_its_own_steps(self):
         eager = copy.deepcopy(self.model)
@@ -308,10 +304,10 @@ class RunAblationStudyTest(TempDirTestCase):
         results = run_ablation_study(eager, self.prompts, self.config, self.reward_computer, seeds=[0],
                                      progress=False)
         for name, policy in results["policies"].items():
-            self.assertEqual(policy["episodes"], 5, name)  # the restarted rows' second episodes are ignored
+            self.assertEqual(policy["episodes"], 4, name)  # the restarted rows' second episodes are ignored
             self.assertEqual(policy["mean_length"], 1.0, name)
             self.assertEqual(policy["terminated_fraction"], 1.0, name)
-            self.assertEqual(policy["distinct_1"], 1 / 5, name)  # five generations of the single token 50256
+            self.assertEqual(policy["distinct_1"], 1 / 4, name)  # four generations of the single token 50256
             self.assertIsNone(policy["rep_4"], name)
 
     def test_refuses_a_reward_computer_without_bigram_statistics(self):

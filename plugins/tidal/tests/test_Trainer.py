@@ -47,7 +47,9 @@ class TrainerTestCase(TempDirTestCase):
 
 class TestTraining(TrainerTestCase):
     def test_one_epoch_learns_and_writes_every_checkpoint(self):
-        trainer, final, exp = self.train("run", self.config(EVAL_INTERVAL=10))
+        config = self.config(EVAL_INTERVAL=10, BUILTIN_NUM_STORIES=80,
+                             LEARNING_RATE_SCHEDULER={"WARMUP_RATIO": 0.1, "BASE_LR": 1e-2, "MIN_LR": 1e-4})
+        trainer, final, exp = self.train("run", config)
         records = read_jsonl(exp / "dashboard_metrics" / "metrics.jsonl")
         val = [r["Losses/Validation"] for r in records if "Losses/Validation" in r]
         self.assertGreater(len(val), 2)
@@ -55,7 +57,7 @@ class TestTraining(TrainerTestCase):
         self.assertEqual(final.name, "transformer-lm_v1.0.0.pth")
         for name in ("checkpoint_foundational_epoch_1.pth", "training_state.pth", final.name):
             self.assertTrue((exp / name).is_file(), name)
-        model = TransformerLM(50257, self.config())
+        model = TransformerLM(50257, config)
         load_model_weights(model, exp / "checkpoint_foundational_epoch_1.pth")  # a raw, loadable state_dict
         self.assertFalse(list(exp.glob(".*.tmp")), "no temporary files left behind")
 
