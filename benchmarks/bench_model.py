@@ -162,4 +162,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from plugins.tidal.Utils import reexec_with_tuned_malloc
+
+    reexec_with_tuned_malloc()  # the same allocator settings as training (ADR 0012)
     sys.exit(main())

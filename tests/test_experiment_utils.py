@@ -105,7 +105,7 @@ class TestExperimentIds(ExperimentUtilsTestCase):
         for good in ("20260101-000000-commit_nogit-config_0123456789", "run_1", "a.b-c", "x" * 128):
             self.assertTrue(eu.is_valid_experiment_id(good), good)
         for bad in ("", ".", "..", ".hidden", "../x", "a/b", "a\\b", "/abs", "a b", "a:b", "x" * 129, "é",
-                    "-flag", "_x", "a\nb", None, 7):
+                    "-flag", "_x", "a..b", "a\nb", None, 7):
             self.assertFalse(eu.is_valid_experiment_id(bad), repr(bad))
 
 

@@ -227,6 +227,15 @@ class RunAblationStudyTest(TempDirTestCase):
                 self.assertGreaterEqual(s["ci_high"], s["mean"] - 1e-9, name)
                 self.assertGreaterEqual(s["std"], 0.0, name)
 
+    def test_the_grid_always_contains_the_fixed_half(self):
+        # A 4-point grid (0, 1/3, 2/3, 1) lacks 0.5; the fixed-0.5 baseline must still compete for "best constant".
+        config = dict(self.config, RL_ABLATION_GRID_POINTS=4)
+        results = run_ablation_study(self.model, self.prompts[:2], config, self.reward_computer, seeds=[0],
+                                     progress=False)
+        self.assertEqual([round(g["m"], 4) for g in results["grid"]], [0.0, 0.3333, 0.5, 0.6667, 1.0])
+        best = max(g["mean_reward"] for g in results["grid"])
+        self.assertGreaterEqual(best, results["policies"]["fixed_0.5"]["reward"]["mean"])
+
     def test_best_constant_is_the_best_point_of_the_grid(self):
         grid = self.results["grid"]
         self.assertEqual([g["m"] for g in grid], [0.0, 0.5, 1.0])
