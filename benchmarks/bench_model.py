@@ -148,16 +148,20 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="training micro-batch")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--only", choices=("training", "generation"), help="run one half of the benchmark")
     args = parser.parse_args()
     config = load_config(args.config)
     device = resolve_device(args.device)
     torch.set_float32_matmul_precision("high")
-    rows = bench_training(config, device, args.batch_size, args.repeats)
-    rows += bench_generation(config, device, args.new_tokens, args.repeats)
+    torch.set_flush_denormal(True)  # as the Trainer does, for both sides
+    rows = [] if args.only == "generation" else bench_training(config, device, args.batch_size, args.repeats)
+    rows += [] if args.only == "training" else bench_generation(config, device, args.new_tokens, args.repeats)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print_table("TransformerLM vs references (base config)", rows, machine)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"bench_model_{device.type}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    suffix = f"_{args.only}" if args.only else ""
+    (RESULTS / f"bench_model_{device.type}{suffix}.json").write_text(json.dumps({"machine": machine, "rows": rows},
+                                                                                indent=2))
     return 0
 
 

@@ -47,6 +47,12 @@ def ngram_diversity(tokens: torch.Tensor, lengths: torch.Tensor, n: int, vocab: 
     return torch.where(total > 0, ratio, torch.ones_like(ratio))
 
 
+def raw_entropy(logits: torch.Tensor, log_probs: torch.Tensor | None = None) -> torch.Tensor:
+    """Entropy (nats) of softmax(logits) per row, from log-probabilities when they are already at hand."""
+    log_probs = logits.log_softmax(dim=-1) if log_probs is None else log_probs
+    return -(log_probs.exp() * log_probs).sum(dim=-1)
+
+
 class ObservationBuilder:
     """The 64-D observation of SPEC §7, batched and on the tokens' device:
     [0:10] token statistics, [10:58] 24 chunk means then 24 chunk stds of the final-LayerNorm hidden state,
@@ -58,9 +64,11 @@ class ObservationBuilder:
         self.chunk = max(1, lm_config["EMBED_DIM"] // HIDDEN_CHUNKS)
 
     def __call__(self, tokens: torch.Tensor, logits: torch.Tensor, hidden: torch.Tensor, step,
-                 previous_m: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+                 previous_m: torch.Tensor, lengths: torch.Tensor | None = None,
+                 entropy: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, T) (only the first `lengths` per row count; all when None), raw next-token logits (B, V),
-        hidden (B, E), step (int or (B,)), previous_m (B,) -> (B, 64)."""
+        hidden (B, E), step (int or (B,)), previous_m (B,) -> (B, 64). `entropy` (B,) of softmax(logits) may be
+        passed when the caller has it already."""
         B, T = tokens.shape
         device = logits.device
         lengths = torch.full((B,), T, device=device) if lengths is None else lengths
@@ -68,7 +76,7 @@ class ObservationBuilder:
         obs = torch.zeros(B, OBSERVATION_DIM, device=device)
         valid = torch.arange(T, device=device) < lengths.unsqueeze(1)
         obs[:, 0] = torch.where(n > 0, 1.0 - distinct_count(tokens, valid).float() / n.clamp_min(1), torch.zeros_like(n))
-        obs[:, 1] = torch.special.entr(logits.float().softmax(dim=-1)).sum(dim=-1) / 10.0
+        obs[:, 1] = (raw_entropy(logits.float()) if entropy is None else entropy) / 10.0
         obs[:, 2] = ngram_diversity(tokens, lengths, 2, self.vocab)
         obs[:, 3] = ngram_diversity(tokens, lengths, 3, self.vocab)
         idx = lengths.unsqueeze(1) - RECENT_WINDOW + torch.arange(RECENT_WINDOW, device=device)  # (B, 10)
@@ -204,7 +212,10 @@ class GatingEnvironment:
         self.decoder.reset_rows(rows)
 
     def _observation(self) -> torch.Tensor:
-        return self.observe(self.history, self.logits, self.hidden, self.steps.float(), self.prev_m, self.lengths)
+        """The observation for the current logits; also keeps their log-probabilities for the next step's reward."""
+        self.log_probs = self.logits.log_softmax(dim=-1)
+        return self.observe(self.history, self.logits, self.hidden, self.steps.float(), self.prev_m, self.lengths,
+                            raw_entropy(self.logits, self.log_probs))
 
     # ---------------------------------------------------------------------------------------------- stepping
     def step(self, m: torch.Tensor):
@@ -217,13 +228,14 @@ class GatingEnvironment:
             modulated, sampling, effects = self.decoder.decode(self.logits, self.seen, m)
             probs = sampling.softmax(dim=-1)
             token = sample_from_probs(probs, self.token_rngs)
-            token_logprob = self.logits.log_softmax(dim=-1)[rows, token]
+            token_logprob = self.log_probs[rows, token]
             prev_token = self.history[rows, self.lengths - 1]
             recent_idx = self.lengths.unsqueeze(1) - RECENT_WINDOW + torch.arange(RECENT_WINDOW, device=self.device)
             recent = self.history.gather(1, recent_idx.clamp_min(0)).masked_fill(recent_idx < 0, -1)
-            components = self.reward_computer.compute(token_logprob, modulated, sampling, token, prev_token, recent)
-            self.decoder.observe(token, sampling)
             sampling_entropy = torch.special.entr(probs).sum(dim=-1)
+            components = self.reward_computer.compute(token_logprob, modulated, sampling, token, prev_token, recent,
+                                                      sampling_entropy)
+            self.decoder.observe(token, sampling)
         reward = components["total"]
         self.history[rows, self.lengths] = token
         self.lengths += 1

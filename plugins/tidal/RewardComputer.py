@@ -102,20 +102,23 @@ class RewardComputer:
     # ---------------------------------------------------------------------------------------- reward
     @torch.no_grad()  # rewards are data, never a gradient path (even while the dynamic gates train)
     def compute(self, token_logprob: torch.Tensor, modulated_logits: torch.Tensor, sampling_logits: torch.Tensor,
-                new_token: torch.Tensor, prev_token: torch.Tensor, recent_tokens: torch.Tensor
-                ) -> dict[str, torch.Tensor]:
+                new_token: torch.Tensor, prev_token: torch.Tensor, recent_tokens: torch.Tensor,
+                sampling_entropy: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """All inputs are batched over B environments.
 
         token_logprob (B,): log-probability of the sampled token. modulated_logits (B, V): after repetition
         penalty and temperature. sampling_logits (B, V): after top-k/top-p, removed entries −inf.
         new_token, prev_token (B,): the sampled token and the one before it. recent_tokens (B, W): the tokens
         before the new one, most recent last, −1 for padding; only the last RL_REPETITION_WINDOW columns count.
+        sampling_entropy (B,), optional: the entropy of softmax(sampling_logits) when the caller already has it
+        (a full pass over the vocabulary saved per step).
         """
         nll = -token_logprob.float()  # ln perplexity of the token; clipping it avoids exp overflow
         out = {
             "perplexity": -nll.clamp(max=self.log_perplexity_clip) / self.log_perplexity_clip,
             "diversity": _gaussian(_entropy(modulated_logits), self.entropy_target),
-            "sampling": _gaussian(_entropy(sampling_logits), self.sampling_entropy_target),
+            "sampling": _gaussian(_entropy(sampling_logits) if sampling_entropy is None else sampling_entropy,
+                                  self.sampling_entropy_target),
             "repetition": self._repetition(new_token, prev_token, recent_tokens),
             "coherence": self._coherence(prev_token, new_token),
         }

@@ -147,6 +147,7 @@ class Trainer:
 
     def _build(self) -> None:
         torch.manual_seed(self.config["SEED"])  # all randomness in training (init, dropout) comes from torch
+        torch.set_flush_denormal(True)  # x86: tiny gradients/Adam moments become 0 instead of slow denormals (ADR 0012)
         self.raw_model = TransformerLM(self.config["VOCAB_SIZE"], self.config).to(self.device)
         # The LM phase trains the ungated path (gate_signals=None); the DynamicGates are trained only by the RL
         # trainer. Frozen before DDP wraps the model, they stay out of its gradient reduction (which rejects

@@ -18,18 +18,18 @@ GateSignals = torch.Tensor | None
 
 
 # ------------------------------------------------------------------------------------------- rotary positions
-def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) or (T,) absolute positions -> cos, sin of shape (B|1, 1, T, hs) in the half-split layout."""
+def rope_frequencies(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """(B, T) or (T,) absolute positions -> unit complex rotations e^{i·pos·θ_j} of shape (B|1, T, 1, hs/2)."""
     angles = positions.to(inv_freq.dtype).unsqueeze(-1) * inv_freq  # (..., T, hs/2)
-    angles = torch.cat([angles, angles], dim=-1)                     # (..., T, hs)
     if angles.dim() == 2:
         angles = angles.unsqueeze(0)
-    return angles.cos().unsqueeze(1), angles.sin().unsqueeze(1)
+    return torch.polar(torch.ones_like(angles), angles).unsqueeze(2)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of x (B, T, heads, hs) by `freqs` (llama layout): one complex multiply."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, T, heads, hs/2)
+    return torch.view_as_real(pairs * freqs).flatten(3).type_as(x)
 
 
 # ------------------------------------------------------------------------------------------- KV cache
@@ -122,12 +122,14 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.dropout = config["DROPOUT"]
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
-                layer: int = 0, slots: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                slots: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, E = x.shape
-        q, k, v = self.qkv(x).split(E, dim=2)
-        q, k, v = (t.view(B, T, self.num_heads, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        nh, hs = self.num_heads, self.head_size
+        qkv = self.qkv(x)                                                       # (B, T, 3E)
+        qk = apply_rope(qkv[..., :2 * E].view(B, T, 2 * nh, hs), freqs)          # q and k rotated in one op
+        q, k = qk.transpose(1, 2).split(nh, dim=1)                               # (B, nh, T, hs) each
+        v = qkv[..., 2 * E:].view(B, T, nh, hs).transpose(1, 2)                  # (B, nh, T, hs)
         dropout = self.dropout if self.training else 0.0
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
@@ -163,10 +165,10 @@ class GatedTransformerBlock(nn.Module):
         self.ffn_gate = DynamicGate(*gate)
         self.dropout = nn.Dropout(config["DROPOUT"])
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, gate_signals: GateSignals = None,
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, gate_signals: GateSignals = None,
                 cache: KVCache | None = None, layer: int = 0, slots: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        a = self.attn(self.ln1(x), cos, sin, cache, layer, slots, mask)
+        a = self.attn(self.ln1(x), freqs, cache, layer, slots, mask)
         if gate_signals is not None:  # None skips the multiply: bit-identical to an ungated model
             a = a * self.attn_gate(gate_signals)
         x = x + self.dropout(a)
@@ -235,12 +237,12 @@ class TransformerLM(nn.Module):
         if cache is None:
             if T > self.max_context_length:
                 raise ValueError(f"sequence of {T} tokens exceeds MAX_CONTEXT_LENGTH {self.max_context_length}")
-            cos, sin = rope_angles(torch.arange(T, device=x.device), self.inv_freq)
+            freqs = rope_frequencies(torch.arange(T, device=x.device), self.inv_freq)
         else:
             positions, slots, mask = cache.advance(T, attention_mask)
-            cos, sin = rope_angles(positions, self.inv_freq)
+            freqs = rope_frequencies(positions, self.inv_freq)
         for layer, block in enumerate(self.transformer_blocks):
-            x = block(x, cos.to(x.dtype), sin.to(x.dtype), gate_signals, cache, layer, slots, mask)
+            x = block(x, freqs, gate_signals, cache, layer, slots, mask)
         hidden = self.final_layer_norm(x)
         logits = self.output_projection(hidden)  # (B, T, V)
         out = [logits]
@@ -385,8 +387,8 @@ def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | list[tor
     one uniform per row, inverted through the row's CDF, so a row's draw never depends on the rest of the batch."""
     if not isinstance(generator, (list, tuple)):
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    u = torch.stack([torch.rand((), generator=g, device=probs.device) for g in generator]).double()
-    cdf = probs.double().cumsum(dim=-1)
+    u = torch.stack([torch.rand((), generator=g, device=probs.device) for g in generator])
+    cdf = probs.float().cumsum(dim=-1)
     # right=True: the first index whose CDF exceeds u·total, which is never a zero-probability token
     return torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1).clamp(max=probs.shape[1] - 1)
 

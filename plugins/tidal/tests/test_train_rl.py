@@ -1,0 +1,95 @@
+"""The RL training CLI as users run it: the seed command end to end (checkpoints, history, ablation), SIGTERM →
+interrupted checkpoint → --resume, and one-line errors."""
+import json
+import os
+import signal
+import subprocess
+
+import torch
+import yaml
+
+from plugins.tidal.TransformerLM import TransformerLM, model_state_dict, read_checkpoint
+from plugins.tidal.Utils import PROJECT_ROOT
+from tests.support import PYTHON, TempDirTestCase, rl_config, run_python, tiny_config, wait_for
+
+TINY_RL = dict(RL_NUM_ENVS=2, RL_ROLLOUT_STEPS=8, RL_MAX_EPISODE_LENGTH=6, RL_BATCH_SIZE=16, RL_NUM_PROMPTS=8,
+               RL_ABLATION_NUM_PROMPTS=2, RL_ABLATION_SEEDS=[0], RL_ABLATION_GRID_POINTS=2,
+               RL_ABLATION_BOOTSTRAP_SAMPLES=20, RL_BIGRAM_STORIES=10, RL_CHECKPOINT_INTERVAL=1,
+               RL_TOTAL_TIMESTEPS=32)
+
+
+class TrainRLTestCase(TempDirTestCase):
+    def setUp(self):
+        super().setUp()
+        self.env = {"EXPERIMENTS_DIR": str(self.tmp / "experiments"), "REDIS_URL": ""}
+        self.lm_config = self.tmp / "lm.yaml"
+        self.lm_config.write_text(yaml.safe_dump(tiny_config(DATA_CACHE_DIR=str(self.tmp / "cache"))))
+        self.rl_config = self.tmp / "rl.yaml"
+        self.rl_config.write_text(yaml.safe_dump(rl_config(**TINY_RL)))
+        torch.manual_seed(0)
+        self.checkpoint = self.tmp / "lm.pth"
+        torch.save(model_state_dict(TransformerLM(50257, tiny_config())), self.checkpoint)
+
+    def args(self, *extra):
+        return ["plugins/tidal/train_rl.py", "--config", str(self.lm_config), "--rl-config", str(self.rl_config),
+                "--checkpoint", str(self.checkpoint), *extra]
+
+    def experiment(self):
+        (exp,) = (self.tmp / "experiments").iterdir()
+        return exp
+
+
+class TestTrainRL(TrainRLTestCase):
+    def test_seed_command_trains_checkpoints_and_runs_the_ablation(self):
+        proc = run_python(*self.args(), env=self.env, timeout=300)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        exp = self.experiment()
+        self.assertRegex(exp.name, r"-config_[0-9a-f]{10}-rl_[0-9a-f]{10}$")
+        meta = json.loads((exp / "metadata.json").read_text())
+        self.assertEqual((meta["type"], meta["source_checkpoint"]), ("rl", str(self.checkpoint)))
+        for name in ("rl_checkpoint_iter_1.pth", "rl_checkpoint_iter_2.pth", "rl_checkpoint_final.pth",
+                     "ablation_results.json", "base_config.yaml", "rl_config.yaml", "rl_metrics/rl_training_metrics.json",
+                     "dashboard_metrics/rl_metrics.jsonl"):
+            self.assertTrue((exp / name).is_file(), name)
+        state = read_checkpoint(exp / "rl_checkpoint_final.pth")
+        self.assertEqual(state["global_step"], 32)
+        history = json.loads((exp / "rl_metrics/rl_training_metrics.json").read_text())["history"]
+        for key in ("episode_rewards", "policy_loss", "value_loss", "entropy", "entropy_coef", "gate_modulation",
+                    "explained_variance", "reward_perplexity", "reward_diversity", "reward_sampling",
+                    "reward_repetition", "reward_coherence", "approx_kl", "clip_fraction"):
+            self.assertEqual(len(history[key]), 2, key)
+        ablation = json.loads((exp / "ablation_results.json").read_text())
+        self.assertIn("learned_deterministic", ablation["policies"])
+        self.assertIn("learned_vs_best_constant", proc.stdout + json.dumps(ablation))
+        self.assertIn("mirostat_v2", proc.stdout)
+
+    def test_sigterm_saves_an_interrupted_checkpoint_that_resumes(self):
+        self.rl_config.write_text(yaml.safe_dump(rl_config(**{**TINY_RL, "RL_TOTAL_TIMESTEPS": 10 ** 7})))
+        proc = subprocess.Popen([PYTHON, *self.args()], cwd=PROJECT_ROOT, env={**os.environ, **self.env},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(proc.kill)
+        wait_for(lambda: list((self.tmp / "experiments").glob("*/rl_checkpoint_iter_1.pth")), timeout=180,
+                 message="the first RL iteration")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        self.assertEqual(proc.returncode, 143, err[-2000:])
+        exp = self.experiment()
+        interrupted = exp / "rl_checkpoint_interrupted.pth"
+        step = read_checkpoint(interrupted)["global_step"]
+        self.assertGreaterEqual(step, 16)
+        self.assertEqual(json.loads((exp / "dashboard_metrics/status.json").read_text())["status"], "stopped")
+        resumed = run_python(*self.args("--resume", str(interrupted), "--timesteps", str(step + 16),
+                                        "--experiment-dir", str(exp)), env=self.env, timeout=300)
+        self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
+        self.assertEqual(read_checkpoint(exp / "rl_checkpoint_final.pth")["global_step"], step + 16)
+
+    def test_errors_are_one_line(self):
+        bad_rl = self.tmp / "bad.yaml"
+        bad_rl.write_text(yaml.safe_dump({k: v for k, v in rl_config(**TINY_RL).items() if k != "RL_GAMMA"}))
+        for argv, fragment in ((["--checkpoint", str(self.tmp / "none.pth")], "none.pth"),
+                               (["--rl-config", str(bad_rl)], "RL_GAMMA")):
+            with self.subTest(argv=argv):
+                proc = run_python(*self.args(*argv), env=self.env)
+                self.assertEqual(proc.returncode, 2, proc.stderr)
+                self.assertNotIn("Traceback", proc.stderr)
+                self.assertIn(fragment, proc.stderr)
