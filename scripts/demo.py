@@ -54,7 +54,7 @@ def main() -> int:
                       "--checkpoint", str(checkpoint)], {"TIDAL_EXPERIMENT_ID": rl_id})
     common = ["plugins/tidal/Generator.py", "--config", LM_CONFIG, "--checkpoint", str(checkpoint),
               "--prompt", PROMPT, "--max_tokens", "40", "--seed", "0"]
-    run("3/3  Samples — plain sampling (temperature 0.8, top-k 50)", common)
+    run("3/3  Samples — plain sampling (temperature 0.8, top-k 50)", [*common, "--num_samples", "3"])
     run("     Samples — gated by the learned controller (m per token and the sampling parameters it set)",
         [*common, "--rl-agent", "--rl-checkpoint", str(rl_dir / "rl_checkpoint_final.pth"), "--verbose"])
     banner("Done")

@@ -101,8 +101,9 @@ class ObservationBuilder:
 # ------------------------------------------------------------------------------------------- decoders
 class ModulatedDecoder:
     """The default decoder: m -> GatingModulator parameters -> repetition penalty, temperature, top-k, top-p.
-    Returns the modulated logits (penalty + temperature; the reward's 'diversity' distribution), the sampling logits
-    (after top-k/top-p; -inf elsewhere) and the effects, for every row at once."""
+    `decode(logits (N, V), seen, m (N,))` gets the episode's tokens so far as `seen` ((N, H) ids, -1 padding — the
+    form `apply_repetition_penalty` accepts) and returns the modulated logits (penalty + temperature; the reward's
+    'diversity' distribution), the sampling logits (after top-k/top-p; -inf elsewhere) and the effects."""
 
     def __init__(self, modulator: GatingModulator):
         self.modulator = modulator
@@ -175,7 +176,6 @@ class GatingEnvironment:
         self.history = torch.full((N, self.history_len), -1, dtype=torch.long, device=self.device)
         self.lengths = torch.zeros(N, dtype=torch.long, device=self.device)
         self.steps = torch.zeros(N, dtype=torch.long, device=self.device)
-        self.seen = torch.zeros(N, self.model.vocab_size, dtype=torch.bool, device=self.device)
         self.prev_m = torch.full((N,), self.initial_m, device=self.device)
         self.logits = torch.zeros(N, self.model.vocab_size, device=self.device)
         self.hidden = torch.zeros(N, self.model.config["EMBED_DIM"], device=self.device)
@@ -203,8 +203,6 @@ class GatingEnvironment:
         self.history[rows] = -1
         for i, (r, p) in enumerate(zip(rows.tolist(), prompts)):
             self.history[r, :len(p)] = ids[i, width - len(p):]
-            self.seen[r] = False
-            self.seen[r, ids[i, width - len(p):]] = True  # the repetition penalty counts prompt tokens too
         self.lengths[rows] = torch.tensor([len(p) for p in prompts], device=self.device)
         self.steps[rows] = 0
         self.prev_m[rows] = self.initial_m
@@ -225,7 +223,8 @@ class GatingEnvironment:
         m = m.detach().to(self.device).float().reshape(self.num_envs).clamp(0.0, 1.0)
         rows = torch.arange(self.num_envs, device=self.device)
         with torch.no_grad():
-            modulated, sampling, effects = self.decoder.decode(self.logits, self.seen, m)
+            # the episode's tokens so far (prompt included) are what the repetition penalty counts
+            modulated, sampling, effects = self.decoder.decode(self.logits, self.history, m)
             probs = sampling.softmax(dim=-1)
             token = sample_from_probs(probs, self.token_rngs)
             token_logprob = self.log_probs[rows, token]
@@ -240,7 +239,6 @@ class GatingEnvironment:
         self.history[rows, self.lengths] = token
         self.lengths += 1
         self.steps += 1
-        self.seen[rows, token] = True
         self.episode_return += reward
         terminated = token == EOT_TOKEN_ID
         truncated = (self.steps >= self.max_steps) & ~terminated

@@ -351,10 +351,16 @@ def _per_row(value, batch: int, like: torch.Tensor, dtype: torch.dtype | None = 
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty) -> torch.Tensor:
-    """CTRL penalty over tokens already present (`seen` (B, V) bool): positive logits / p, negative logits * p."""
+    """CTRL penalty over tokens already present: positive logits / p, negative logits * p.
+
+    `seen` is a (B, V) bool mask, or (B, H) int64 token ids padded with -1 whose first column is a real token — then
+    only those H entries per row are touched instead of all V (the RL environment's per-step path)."""
     p = _per_row(penalty, logits.shape[0], logits)
-    penalized = torch.where(logits > 0, logits / p, logits * p)
-    return torch.where(seen, penalized, logits)
+    if seen.dtype == torch.bool:
+        return torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
+    ids = torch.where(seen < 0, seen[:, :1], seen)  # padding repeats a real id: duplicates write the same value
+    values = logits.gather(1, ids)
+    return logits.scatter(1, ids, torch.where(values > 0, values / p, values * p))
 
 
 def filter_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0) -> torch.Tensor:

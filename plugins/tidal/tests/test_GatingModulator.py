@@ -4,13 +4,8 @@ import torch
 
 from plugins.tidal.GatingModulator import (FixedGatingPolicy, GatingEffects, GatingModulator, NeutralGatingPolicy,
                                            RandomGatingPolicy, effects_dict)
-from plugins.tidal.Utils import RL_CONFIG_PATH, read_yaml
+from tests.support import rl_config
 
-
-def rl_config(**overrides):
-    config = read_yaml(RL_CONFIG_PATH)
-    config.update(overrides)
-    return config
 
 
 class TestModulatorValues(unittest.TestCase):

@@ -6,13 +6,8 @@ import torch.nn.functional as F
 from torch.distributions import Beta, Normal
 
 from plugins.tidal.GatingPolicyAgent import GatingPolicyAgent, GaussianGatingPolicyAgent, create_agent
-from plugins.tidal.Utils import RL_CONFIG_PATH, read_yaml
+from tests.support import rl_config
 
-
-def rl_config(**overrides):
-    config = read_yaml(RL_CONFIG_PATH)
-    config.update(overrides)
-    return config
 
 
 class TestBetaAgent(unittest.TestCase):

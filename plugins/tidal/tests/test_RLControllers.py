@@ -5,13 +5,8 @@ import torch
 from plugins.tidal.RLControllers import (DiversityHomeostasis, EntropyHomeostasis, LagrangeMultiplier,
                                         LinearEntropySchedule, combine_advantages, homeostatic_update,
                                         make_entropy_schedule)
-from plugins.tidal.Utils import RL_CONFIG_PATH, read_yaml
+from tests.support import rl_config
 
-
-def rl_config(**overrides):
-    config = read_yaml(RL_CONFIG_PATH)
-    config.update(overrides)
-    return config
 
 
 class TestHomeostaticRule(unittest.TestCase):

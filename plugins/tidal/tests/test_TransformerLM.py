@@ -191,6 +191,15 @@ class TestSamplingFilters(unittest.TestCase):
         out = apply_repetition_penalty(logits, seen, 2.0)
         torch.testing.assert_close(out, torch.tensor([[1.0, -4.0, 1.0, -1.0]]))
 
+    def test_repetition_penalty_from_token_ids_equals_the_mask_form(self):
+        logits = torch.randn(3, 20)
+        ids = torch.tensor([[4, 7, 4, -1], [0, 19, -1, -1], [5, 5, 5, 5]])
+        mask = torch.zeros(3, 20, dtype=torch.bool)
+        for row, toks in enumerate(ids.tolist()):
+            mask[row, [t for t in toks if t >= 0]] = True
+        torch.testing.assert_close(apply_repetition_penalty(logits, ids, torch.tensor([1.5, 2.0, 3.0])),
+                                   apply_repetition_penalty(logits, mask, torch.tensor([1.5, 2.0, 3.0])))
+
     def test_repetition_penalty_per_row(self):
         logits = torch.tensor([[2.0, 2.0], [2.0, 2.0]])
         seen = torch.tensor([[True, False], [True, False]])

@@ -1,0 +1,113 @@
+"""Run every benchmark, then rewrite the README's performance table from their results.
+
+    python benchmarks/run_all.py            # all benchmarks (~15 min on a 2-core CPU), then the README table
+    python benchmarks/run_all.py --table    # only rebuild the table from benchmarks/results/*.json
+
+Each benchmark runs Tidal and a reference side by side in one process and writes JSON to benchmarks/results/; the
+README section between the `perf-table` markers is replaced, so its figures always come from one run of this script.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
+
+BENCHMARKS = [
+    ["benchmarks/bench_model.py"],
+    ["benchmarks/bench_rl.py"],
+    ["benchmarks/bench_api.py", "--json", str(RESULTS / "bench_api.json")],
+    ["benchmarks/bench_metrics_logger.py"],
+]
+
+
+def run_benchmarks() -> None:
+    RESULTS.mkdir(exist_ok=True)
+    for args in BENCHMARKS:
+        print(f"\n$ python {' '.join(args)}", flush=True)
+        proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+        sys.stdout.write(proc.stdout)
+        if args[0].endswith("bench_metrics_logger.py"):  # its last line is its JSON summary
+            (RESULTS / "bench_metrics_logger.json").write_text(proc.stdout.strip().splitlines()[-1] + "\n")
+        if proc.returncode not in (0, 1):  # 1 = ran, but missed a target: still reported
+            sys.stderr.write(proc.stderr)
+            raise SystemExit(f"{args[0]} failed (exit {proc.returncode})")
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def fmt(x: float, unit: str = "") -> str:
+    return f"{x:,.0f}{unit}" if x >= 100 else f"{x:,.1f}{unit}"
+
+
+def table() -> str:
+    rows = ["| benchmark | Tidal | reference, side by side | ratio | target |", "|---|---|---|---|---|"]
+    model = load("bench_model_cpu.json")
+    if model:
+        for r in model["rows"]:
+            target = f"≥ {r['target']}×" if r["target"] else "—"
+            rows.append(f"| {r['what']} | {fmt(r['tidal_tok_s'])} tok/s | {r['reference']}: "
+                        f"{fmt(r['reference_tok_s'])} tok/s | **{r['ratio']:.2f}×** | {target} |")
+    rl = load("bench_rl.json")
+    if rl:
+        for r in rl["rows"]:
+            rows.append(f"| RL environment steps, {r['num_envs']} vectorized envs ({r['config']} model) | "
+                        f"{fmt(r['vectorized_steps_per_s'])} steps/s | one env at a time: "
+                        f"{fmt(r['single_steps_per_s'])} steps/s | **{r['ratio']:.2f}×** | ≥ {r['target']:g}× |")
+    api = load("bench_api.json")
+    if api:
+        ref = api["reference GET /const (trivial FastAPI)"]
+        for key, value in api.items():
+            if key.startswith("GET /api"):
+                rows.append(f"| {key}, 50 concurrent clients (p99 {value['p99_ms']:.0f} ms, {value['errors']} errors) | "
+                            f"{fmt(value['rps'])} req/s | trivial FastAPI endpoint: {fmt(ref['rps'])} req/s | "
+                            f"**{value['rps'] / ref['rps']:.2f}×** | 0 errors |")
+        sse = api["sse"]
+        rows.append(f"| MetricsLogger write → SSE delivery, {sse['clients']} clients ({sse['deliveries']:,} deliveries, "
+                    f"{sse['missing']} missing, {sse['errors']} errors) | p50 {sse['p50_ms']:.0f} ms, "
+                    f"p99 **{sse['p99_ms']:.0f} ms** | — | — | p99 < 250 ms |")
+    logger = load("bench_metrics_logger.json")
+    if logger:
+        rows.append(f"| MetricsLogger overhead per training step (worst of Redis up / down / disk only) | "
+                    f"**{logger['worst_overhead_pct']:.2f} %** of a ~30 ms step | the same step without logging | — | "
+                    f"< {logger['requirement_pct']:g} % |")
+    machine = (model or {}).get("machine") or platform.processor()
+    rows.append("")
+    rows.append(f"Machine: {platform.machine()} {machine}; Python {platform.python_version()}. "
+                "Regenerate with `python benchmarks/run_all.py` (or `make bench`).")
+    return "\n".join(rows)
+
+
+def write_readme(text: str) -> None:
+    readme = README.read_text()
+    if START not in readme or END not in readme:
+        raise SystemExit(f"README.md has no {START} … {END} section")
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    README.write_text(pattern.sub(lambda _: f"{START}\n{text}\n{END}", readme))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", action="store_true", help="only rebuild the README table from saved results")
+    args = parser.parse_args()
+    if not args.table:
+        run_benchmarks()
+    text = table()
+    write_readme(text)
+    print("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
