@@ -364,3 +364,13 @@ def write_fake_config(root, name: str = "fake.yaml", **values) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(_yaml.safe_dump({"STEPS": 5, "SLEEP": 0.05, **values}))
     return path
+
+
+def http_ok(url: str) -> bool:
+    """True when GET `url` answers 200 within a second (a server is up and serving)."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.support import (PROJECT_ROOT, DashboardServer, EmbeddedRedis, dashboard_settings, free_port, tiny_config,
-                           wait_for)
+from tests.support import (PROJECT_ROOT, DashboardServer, EmbeddedRedis, dashboard_settings, free_port, http_ok,
+                           tiny_config, wait_for)
 
 try:
     from plugins.tidal.Generator import load_generator  # noqa: F401
@@ -124,7 +124,7 @@ class InferenceServerTest(unittest.TestCase):
                                     cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 url = f"http://127.0.0.1:{port}"
-                wait_for(lambda: _up(url + "/health"), 60, message="inference server")
+                wait_for(lambda: http_ok(url + "/health"), 60, message="inference server")
                 settings = dashboard_settings(root, redis_server.url, inference_url=url, rate_capacity=10_000)
                 with DashboardServer(settings) as server, httpx.Client(base_url=server.url, timeout=60) as http:
                     r = http.post("/api/generate", json={"checkpoint": CKPT, "prompt": "Once", "maxTokens": 10,
@@ -148,12 +148,6 @@ class InferenceServerTest(unittest.TestCase):
                 r = httpx.post(server.url + "/api/generate", json={"checkpoint": CKPT, "prompt": "x", "maxTokens": 10})
                 self.assertEqual((r.status_code, r.json()["error"]), (503, "the inference server is unreachable"))
 
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 if __name__ == "__main__":

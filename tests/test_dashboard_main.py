@@ -11,7 +11,7 @@ import unittest
 
 import httpx
 
-from tests.support import PROJECT_ROOT, TempDirTestCase, free_port, wait_for
+from tests.support import PROJECT_ROOT, TempDirTestCase, free_port, http_ok, wait_for
 
 
 class DashboardMainTest(TempDirTestCase):
@@ -50,7 +50,7 @@ class DashboardMainTest(TempDirTestCase):
             self.assertEqual(path.read_text().strip(), token)
             self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
             url = f"http://127.0.0.1:{port}"
-            wait_for(lambda: _get(url + "/api/health"), 60, message="dashboard up")
+            wait_for(lambda: http_ok(url + "/api/health"), 60, message="dashboard up")
             self.assertEqual(httpx.get(url + "/api/health").json()["redis"], "ok")
             self.assertIn("Tidal dashboard", httpx.get(url + "/").text)
             r = httpx.post(url + "/api/jobs/job-none/cancel", headers={"Authorization": f"Bearer {token}"})
@@ -67,12 +67,6 @@ class DashboardMainTest(TempDirTestCase):
         with self.assertRaises(OSError):  # the embedded Redis went with the server
             socket.create_connection(("127.0.0.1", redis_port), timeout=1).close()
 
-
-def _get(url):
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 if __name__ == "__main__":

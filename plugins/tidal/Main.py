@@ -90,6 +90,8 @@ def main(argv=None) -> int:
     try:
         final = trainer.run(resume_from=exp_dir if args.resume else None)
         if final is None:
+            if metrics:
+                metrics.finalize("stopped")  # drains the live queue, so Redis sees the final status too
             print(f"stopped; resume with: python3 plugins/tidal/Main.py --resume {exp_dir}", file=sys.stderr)
             return EXIT_STOPPED
         if dist_ctx.is_main:

@@ -209,7 +209,6 @@ class Trainer:
         outcome = self._train_loop()
         if outcome == "terminate":
             self._save_state()
-            self._status("stopped")
             return None
         final = self.experiment_dir / f"{self.config['MODEL_NAME']}_v{self.config['MODEL_VERSION']}.pth"
         self._save_state()
