@@ -374,3 +374,61 @@ def http_ok(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+# ---------------------------------------------------------------------------------------------- tiny experiments
+def write_tiny_experiment(root, experiment_id: str, steps: int = 100, status: str | None = "completed",
+                          checkpoint: bool = False) -> Path:
+    """A real LM experiment under `root`: metadata.json, `steps` metric records written by the real MetricsLogger
+    (disk only), its status ("completed"/"failed"/"stopped" finalize it; None or "training" leave it training), and
+    with `checkpoint` a tiny real model's weights and config.yaml (`transformer-lm_v1.0.0.pth`, for generation)."""
+    import json as _json
+
+    from MetricsLogger import MetricsLogger
+
+    exp_dir = Path(root) / experiment_id
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / "metadata.json").write_text(_json.dumps({"type": "lm", "created_at": time.time()}))
+    logger = MetricsLogger(exp_dir, redis_url="")
+    for step in range(steps):
+        logger.log_metrics({"Losses/Total": 5.0 - step / max(steps, 1), "Learning Rate": 1e-3}, step)
+    if status in ("completed", "failed", "stopped"):
+        logger.finalize(status)
+    else:
+        logger.close()
+    if checkpoint:
+        import torch
+        import yaml as _yaml
+
+        from plugins.tidal.TransformerLM import TransformerLM
+
+        config = tiny_config()
+        torch.manual_seed(0)
+        model = TransformerLM(config["VOCAB_SIZE"], config)
+        (exp_dir / "config.yaml").write_text(_yaml.safe_dump(config))
+        torch.save(model.state_dict(), exp_dir / "transformer-lm_v1.0.0.pth")
+    return exp_dir
+
+
+# ---------------------------------------------------------------------------------------------- MCP
+def run_mcp(mcp_server, scenario):
+    """Run `await scenario(client)` against an in-memory MCP client session of `mcp_server` (no subprocess, no
+    port) and return its result."""
+    import anyio
+    from mcp import Client
+
+    async def main():
+        async with Client(mcp_server) as client:
+            return await scenario(client)
+
+    return anyio.run(main)
+
+
+def mcp_call(mcp_server, tool: str, arguments: dict | None = None):
+    """One tool call through a fresh in-memory MCP session; returns the CallToolResult."""
+    return run_mcp(mcp_server, lambda client: client.call_tool(tool, arguments or {}))
+
+
+def mcp_text(result) -> str:
+    """The text content of a tool result (an error's message)."""
+    return " ".join(getattr(block, "text", "") for block in result.content)

@@ -102,7 +102,9 @@ def validate_against(config: dict, reference: dict, source: str, prefix: str = "
             raise ConfigError(f"{source}: missing key {name}")
         value = config[key]
         if not _compatible(ref_value, value):
-            raise ConfigError(f"{source}: {name} must be a {_type_name(ref_value)}, got {_type_name(value)} {value!r}")
+            expected = _type_name(ref_value)
+            article = "an" if expected[0] in "aeiou" else "a"
+            raise ConfigError(f"{source}: {name} must be {article} {expected}, got {_type_name(value)} {value!r}")
         if isinstance(ref_value, dict):
             validate_against(value, ref_value, source, prefix=f"{name}.")
 

@@ -1,0 +1,112 @@
+"""Configuration loading and validation, `--set` overrides, atomic writes (power-cut safe), the CLI error wrapper."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+from plugins.tidal.Utils import (
+    ConfigError, TidalError, apply_overrides, atomic_path, atomic_torch_save, cli_main, load_config, parse_override,
+    read_yaml, validate_against,
+)
+from tests.support import PYTHON, TempDirTestCase, wait_for
+
+
+class TestConfig(TempDirTestCase):
+    def test_yaml_1_2_floats_are_numbers(self):
+        path = self.tmp / "c.yaml"
+        path.write_text("A: 1e-6\nB: 3.0e-4\nC: 5\nD: .5\nE: abc\n")
+        self.assertEqual(read_yaml(path), {"A": 1e-6, "B": 3e-4, "C": 5, "D": 0.5, "E": "abc"})
+
+    def test_overrides_parse_values_and_nested_keys(self):
+        self.assertEqual(parse_override("LR.BASE_LR=3e-4"), (["LR", "BASE_LR"], 3e-4))
+        self.assertEqual(parse_override("FLAG=true"), (["FLAG"], True))
+        self.assertEqual(parse_override("L=[1, 2]"), (["L"], [1, 2]))
+        config = apply_overrides({"A": 1, "S": {"B": 2}}, ["S.B=5", "A=x"])
+        self.assertEqual(config, {"A": "x", "S": {"B": 5}})
+        for bad in ("NOEQUALS", "=3", "A.B=1"):
+            with self.subTest(bad=bad), self.assertRaises(ConfigError):
+                apply_overrides({"A": 1}, [bad])
+
+    def test_validation_names_the_key_and_the_types(self):
+        reference = {"N": 1, "X": 0.5, "F": True, "S": {"LR": 0.1}, "OPT": None}
+        validate_against({"N": 2, "X": 3, "F": False, "S": {"LR": 1}, "OPT": "anything"}, reference, "c.yaml")
+        cases = [({"X": 0.5, "F": True, "S": {"LR": 0.1}, "OPT": None}, "c.yaml: missing key N"),
+                 ({"N": "2", "X": 0.5, "F": True, "S": {"LR": 0.1}, "OPT": None},
+                  "c.yaml: N must be an integer, got string '2'"),
+                 ({"N": 2, "X": 0.5, "F": 1, "S": {"LR": 0.1}, "OPT": None}, "c.yaml: F must be a boolean, got integer 1"),
+                 ({"N": 2, "X": 0.5, "F": True, "S": {}, "OPT": None}, "c.yaml: missing key S.LR")]
+        for config, message in cases:
+            with self.subTest(message=message), self.assertRaises(ConfigError) as ctx:
+                validate_against(config, reference, "c.yaml")
+            self.assertEqual(str(ctx.exception), message)
+
+    def test_shipped_configs_validate_against_their_references(self):
+        from plugins.tidal.Utils import CONFIG_DIR, RL_CONFIG_PATH
+
+        for name in ("base_config.yaml", "quickstart_config.yaml"):
+            load_config(CONFIG_DIR / name)
+        load_config(CONFIG_DIR / "rl_quickstart_config.yaml", reference_path=RL_CONFIG_PATH)
+
+    def test_invalid_yaml_and_missing_file_are_config_errors(self):
+        bad = self.tmp / "bad.yaml"
+        bad.write_text("A: [1, 2\n")
+        with self.assertRaises(ConfigError) as ctx:
+            read_yaml(bad)
+        self.assertIn("bad.yaml", str(ctx.exception))
+        with self.assertRaises(ConfigError):
+            read_yaml(self.tmp / "missing.yaml")
+
+
+class TestAtomicWrites(TempDirTestCase):
+    def test_failed_write_keeps_the_old_file_and_leaves_no_temp(self):
+        target = self.tmp / "state.pth"
+        target.write_text("old")
+        with self.assertRaises(RuntimeError):
+            with atomic_path(target) as tmp:
+                tmp.write_text("partial")
+                raise RuntimeError("crash mid-write")
+        self.assertEqual(target.read_text(), "old")
+        self.assertEqual(sorted(p.name for p in self.tmp.iterdir()), ["state.pth"])
+
+    def test_power_cut_during_a_checkpoint_write_keeps_the_previous_checkpoint(self):
+        # A real process is SIGKILLed while torch.save streams a large checkpoint through atomic_torch_save.
+        target = self.tmp / "model.pth"
+        atomic_torch_save({"w": torch.ones(3)}, target)
+        script = textwrap.dedent(f"""
+            import sys, torch
+            sys.path.insert(0, {os.getcwd()!r})
+            from plugins.tidal.Utils import atomic_path
+            with atomic_path({str(target)!r}) as tmp:
+                with open(tmp, "wb") as f:
+                    f.write(b"x" * 1024)
+                    f.flush()
+                    print("writing", flush=True)
+                    while True:                     # a write that never finishes: the power is cut here
+                        f.write(b"y" * (1 << 20))
+        """)
+        proc = subprocess.Popen([PYTHON, "-c", script], stdout=subprocess.PIPE, text=True)
+        self.addCleanup(proc.kill)
+        self.assertEqual(proc.stdout.readline().strip(), "writing")
+        wait_for(lambda: any(p.suffix == ".tmp" for p in self.tmp.iterdir()), message="the temporary file")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        state = torch.load(target, weights_only=True)  # the previous checkpoint is intact and loads
+        torch.testing.assert_close(state["w"], torch.ones(3))
+
+
+class TestCliMain(TempDirTestCase):
+    def test_user_errors_become_one_line_and_exit_2(self):
+        @cli_main
+        def main():
+            raise TidalError("the checkpoint does not match")
+
+        from io import StringIO
+        from unittest import mock
+
+        with mock.patch.object(sys, "stderr", StringIO()) as err:
+            self.assertEqual(main(), 2)
+        self.assertEqual(err.getvalue(), "error: the checkpoint does not match\n")

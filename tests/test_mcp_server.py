@@ -1,0 +1,278 @@
+"""The MCP server (dashboard/mcp): tools, schemas and annotations, every tool against a real dashboard on a real Redis
+with a real tiny experiment, readable tool errors (dashboard down, 404, 401, 409, 422, 429), and one stdio round trip
+through `python -m dashboard.mcp` in a subprocess."""
+from __future__ import annotations
+
+import os
+import tempfile
+import unittest
+from pathlib import Path
+
+import httpx
+
+from dashboard.mcp import TidalAPI, build_server
+from tests.support import (DASHBOARD_TOKEN, PROJECT_ROOT, PYTHON, DashboardServer, EmbeddedRedis, auth_headers,
+                           dashboard_settings, free_port, mcp_call, mcp_text, run_mcp, write_tiny_experiment)
+
+try:
+    from plugins.tidal.Generator import load_generator  # noqa: F401
+    HAVE_GENERATOR = True
+except ImportError:
+    HAVE_GENERATOR = False
+
+DONE = "20260101-120000-commit_nogit-config_0123456789"
+RUNNING = "20260102-120000-commit_nogit-config_0123456789"
+CKPT = f"experiments/{DONE}/transformer-lm_v1.0.0.pth"
+READ_TOOLS = {"list_experiments", "get_metrics", "get_rl_metrics", "get_status", "get_checkpoints", "get_evaluation",
+              "get_ablation", "list_plugins", "get_plugin_manifest", "get_config", "get_jobs", "get_job_logs"}
+DESTRUCTIVE_TOOLS = {"create_job", "signal_job", "cancel_job"}
+COMPUTE_TOOLS = {"generate_text", "analyze_trajectories"}
+
+
+class DashboardTestCase(unittest.TestCase):
+    """One real Redis and one real dashboard per class, over an experiments dir holding DONE (completed, with a tiny
+    checkpoint) and RUNNING (still training). Jobs are created with the remote provider: no worker is spawned."""
+
+    settings_overrides: dict = {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls._dir = tempfile.TemporaryDirectory(prefix="tidal-mcp-")
+        cls.tmp = Path(cls._dir.name)
+        cls.root = cls.tmp / "experiments"
+        write_tiny_experiment(cls.root, DONE, steps=300, status="completed", checkpoint=HAVE_GENERATOR)
+        write_tiny_experiment(cls.root, RUNNING, steps=20, status="training")
+        cls.redis = EmbeddedRedis().start()
+        settings = dashboard_settings(cls.root, cls.redis.url, default_provider="remote",
+                                      **{"rate_capacity": 10_000, **cls.settings_overrides})
+        cls.server = DashboardServer(settings).start()
+        cls.http = httpx.Client(base_url=cls.server.url, timeout=30)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.http.close()
+        cls.server.stop()
+        cls.redis.stop()
+        cls._dir.cleanup()
+
+    def mcp(self, token: str | None = DASHBOARD_TOKEN, url: str | None = None):
+        return build_server(TidalAPI(url or self.server.url, token))
+
+    def call(self, tool: str, token: str | None = DASHBOARD_TOKEN, url: str | None = None, **arguments):
+        """A successful call's structured result (the test fails with the tool's message otherwise)."""
+        result = mcp_call(self.mcp(token, url), tool, arguments)
+        self.assertFalse(result.is_error, mcp_text(result))
+        return result.structured_content
+
+    def error(self, tool: str, token: str | None = DASHBOARD_TOKEN, url: str | None = None, **arguments) -> str:
+        """A failing call's message (the test fails if the call succeeded)."""
+        result = mcp_call(self.mcp(token, url), tool, arguments)
+        self.assertTrue(result.is_error, f"{tool} unexpectedly succeeded: {result.structured_content}")
+        return mcp_text(result)
+
+
+class ToolListTest(DashboardTestCase):
+    def test_tools_have_names_schemas_descriptions_and_annotations(self):
+        tools = {t.name: t for t in run_mcp(self.mcp(), lambda c: c.list_tools()).tools}
+        self.assertEqual(set(tools), READ_TOOLS | DESTRUCTIVE_TOOLS | COMPUTE_TOOLS)
+        for name, tool in tools.items():
+            self.assertGreater(len(tool.description or ""), 40, name)          # tells an assistant when to use it
+            self.assertEqual(tool.input_schema["type"], "object", name)
+            self.assertIsNotNone(tool.output_schema, name)                      # structured results
+        for name in READ_TOOLS:
+            self.assertTrue(tools[name].annotations.read_only_hint, name)
+        for name in DESTRUCTIVE_TOOLS:
+            a = tools[name].annotations
+            self.assertEqual((a.read_only_hint, a.destructive_hint), (False, True), name)
+        for name in COMPUTE_TOOLS:
+            a = tools[name].annotations
+            self.assertEqual((a.read_only_hint, a.destructive_hint, a.idempotent_hint), (False, False, False), name)
+        metrics = tools["get_metrics"].input_schema["properties"]
+        self.assertEqual((metrics["max_points"]["default"], metrics["max_points"]["maximum"]), (200, 2000))
+        self.assertEqual(set(metrics["mode"]["enum"]), {"recent", "historical"})
+        self.assertEqual(tools["get_metrics"].input_schema["required"], ["experiment_id"])
+        logs = tools["get_job_logs"].input_schema["properties"]
+        self.assertEqual((logs["offset"]["minimum"], logs["limit"]["maximum"]), (0, 1000))
+        self.assertEqual(set(tools["signal_job"].input_schema["properties"]["signal"]["enum"]), {"complete", "stop"})
+
+    def test_arguments_outside_the_bounds_are_refused_before_any_request(self):
+        message = self.error("get_metrics", url=f"http://127.0.0.1:{free_port()}", experiment_id=DONE,
+                             max_points=5000)
+        self.assertIn("max_points", message)
+        self.assertNotIn("not reachable", message)
+
+
+class ReadToolsTest(DashboardTestCase):
+    def test_list_experiments(self):
+        experiments = {e["id"]: e for e in self.call("list_experiments")["experiments"]}
+        self.assertEqual((experiments[DONE]["status"], experiments[RUNNING]["status"]), ("completed", "training"))
+        self.assertEqual(experiments[DONE]["type"], "lm")
+
+    def test_get_metrics_is_bounded_and_filtered(self):
+        body = self.call("get_metrics", experiment_id=DONE, max_points=20, keys=["Losses/Total"])
+        self.assertEqual((body["originalCount"], body["downsampled"], body["maxPoints"]), (300, True, 20))
+        self.assertLessEqual(len(body["points"]), 20)
+        self.assertEqual(body["points"][-1]["step"], 299)                       # the last point is kept
+        self.assertTrue(all("Learning Rate" not in p for p in body["points"]))
+        default = self.call("get_metrics", experiment_id=DONE)
+        self.assertEqual(default["maxPoints"], 200)
+        recent = self.call("get_metrics", experiment_id=DONE, mode="recent", window=5)
+        self.assertEqual([p["step"] for p in recent["points"]], [295, 296, 297, 298, 299])
+
+    def test_status_checkpoints_results_and_rl_metrics(self):
+        self.assertEqual(self.call("get_status", experiment_id=DONE)["status"]["status"], "completed")
+        self.assertEqual(self.call("get_status", experiment_id=RUNNING)["status"]["status"], "training")
+        checkpoints = self.call("get_checkpoints", experiment_id=DONE)["checkpoints"]
+        if HAVE_GENERATOR:
+            self.assertEqual([(c["path"], c["phase"]) for c in checkpoints], [(CKPT, "final")])
+        self.assertEqual(self.call("get_evaluation", experiment_id=DONE), {"experimentId": DONE, "results": None})
+        self.assertEqual(self.call("get_ablation", experiment_id=DONE), {"experimentId": DONE, "results": None})
+        self.assertEqual(self.call("get_rl_metrics", experiment_id=DONE), {"experimentId": DONE, "metrics": None})
+
+    def test_plugins_manifest_and_configs(self):
+        plugins = self.call("list_plugins")["plugins"]
+        self.assertEqual([p["name"] for p in plugins], ["tidal"])
+        self.assertIn("lm-training", [p["id"] for p in plugins[0]["trainingPhases"]])
+        manifest = self.call("get_plugin_manifest")
+        self.assertEqual(manifest["name"], "tidal")
+        self.assertIn("generation", manifest)
+        files = self.call("get_config")["files"]
+        self.assertIn("base_config.yaml", files)
+        config = self.call("get_config", filename="base_config.yaml")
+        self.assertIn("EMBED_DIM", config["content"])
+
+    def test_not_found_answers_say_what_was_missing(self):
+        message = self.error("get_status", experiment_id="20990101-000000-commit_nogit-config_ffffffffff")
+        self.assertIn("not found", message)
+        self.assertIn("20990101-000000", message)
+        self.assertIn("not found", self.error("get_plugin_manifest", plugin="nope"))
+        self.assertIn("not found", self.error("get_config", filename="missing.yaml"))
+        self.assertIn("not found", self.error("get_jobs", job_id="job-doesnotexist"))
+
+    def test_an_unreachable_dashboard_is_named(self):
+        url = f"http://127.0.0.1:{free_port()}"
+        message = self.error("list_experiments", url=url)
+        self.assertIn(f"the Tidal dashboard at {url} is not reachable", message)
+
+
+class JobToolsTest(DashboardTestCase):
+    def test_create_signal_cancel_and_logs(self):
+        config = {"type": "lm-training", "config_path": "configs/base_config.yaml"}
+        self.assertIn("TIDAL_API_TOKEN missing or wrong", self.error("create_job", token=None, **config))
+        self.assertIn("TIDAL_API_TOKEN missing or wrong", self.error("create_job", token="wrong-token", **config))
+        self.assertEqual(self.http.get("/api/jobs").json()["jobs"], [])          # neither reached the store
+
+        job = self.call("create_job", idempotency_key="mcp-1", **config)["job"]
+        self.assertEqual((job["type"], job["status"]), ("lm-training", "provisioning"))
+        again = self.call("create_job", idempotency_key="mcp-1", **config)["job"]
+        self.assertEqual(again["jobId"], job["jobId"])                           # repeat-safe with the same key
+        job_id = job["jobId"]
+        self.assertEqual([j["jobId"] for j in self.call("get_jobs")["jobs"]], [job_id])
+        self.assertEqual([j["jobId"] for j in self.call("get_jobs", active_only=True)["jobs"]], [job_id])
+        self.assertEqual(self.call("get_jobs", job_id=job_id)["job"]["status"], "provisioning")
+
+        self.assertIn("conflict", self.error("signal_job", job_id=job_id, signal="complete"))  # not running yet
+        for status in ("starting", "running"):                                   # what a worker would report
+            r = self.http.patch(f"/api/workers/{job_id}/status", json={"status": status}, headers=auth_headers())
+            self.assertEqual(r.status_code, 200, r.text)
+        lines = [{"timestamp": 1.0, "stream": "stdout", "line": f"step {i}"} for i in range(5)]
+        r = self.http.post(f"/api/workers/{job_id}/logs", json={"lines": lines}, headers=auth_headers())
+        self.assertEqual(r.status_code, 200, r.text)
+        logs = self.call("get_job_logs", job_id=job_id, offset=1, limit=2)
+        self.assertEqual(([line["line"] for line in logs["lines"]], logs["totalLines"]), (["step 1", "step 2"], 5))
+
+        self.assertIn("TIDAL_API_TOKEN missing or wrong",
+                      self.error("signal_job", token="wrong-token", job_id=job_id, signal="complete"))
+        self.assertEqual(self.call("signal_job", job_id=job_id, signal="complete")["job"]["status"], "completing")
+        self.assertIn("TIDAL_API_TOKEN missing or wrong", self.error("cancel_job", token=None, job_id=job_id))
+        self.assertEqual(self.call("cancel_job", job_id=job_id)["job"]["status"], "cancelled")
+        self.assertIn("conflict", self.error("cancel_job", job_id=job_id))
+        self.assertIn("not found", self.error("cancel_job", job_id="job-none"))
+
+    def test_invalid_fields_are_named(self):
+        message = self.error("create_job", type="no-such-phase", config_path="configs/base_config.yaml")
+        self.assertIn("no-such-phase", message)
+
+
+@unittest.skipUnless(HAVE_GENERATOR, "plugins.tidal.Generator.load_generator is not available")
+class GenerationToolsTest(DashboardTestCase):
+    def test_generate_text(self):
+        body = self.call("generate_text", checkpoint=CKPT, prompt="Once upon a time", max_tokens=10, seed=7)
+        self.assertTrue(body["text"].startswith("Once upon a time"))
+        self.assertTrue(0 < body["tokensGenerated"] <= 10)
+        gated = self.call("generate_text", checkpoint=CKPT, prompt="Once", max_tokens=10, seed=7,
+                          gating_mode="fixed", modulation=0.25)
+        self.assertEqual(len(gated["trajectory"]["tokenIds"]), gated["tokensGenerated"])
+
+    def test_out_of_range_parameter_is_a_422_naming_the_field(self):
+        message = self.error("generate_text", checkpoint=CKPT, prompt="Once", temperature=5.0)
+        self.assertIn("invalid request", message)
+        self.assertIn("temperature", message)
+
+    def test_analyze_trajectories(self):
+        body = self.call("analyze_trajectories", checkpoint=CKPT, prompts=["Once upon a time"], max_tokens=10,
+                         samples_per_prompt=1, bootstrap=False, seed=3)
+        self.assertIn("analysis", body)
+        self.assertIn("trajectories", body)
+
+
+class RateLimitTest(DashboardTestCase):
+    settings_overrides = {"rate_capacity": 1}
+
+    def test_429_tells_when_to_retry(self):
+        first = self.error("generate_text", checkpoint="experiments/none/missing.pth", prompt="Once")
+        self.assertNotIn("rate limited", first)                                  # the one token: a normal error
+        message = self.error("generate_text", checkpoint="experiments/none/missing.pth", prompt="Once")
+        self.assertRegex(message, r"rate limited by the dashboard: retry after \d+ s")
+
+
+class StdioTest(DashboardTestCase):
+    def test_python_m_dashboard_mcp_over_stdio(self):
+        from mcp import StdioServerParameters
+
+        env = {**os.environ, "TIDAL_API_URL": self.server.url, "TIDAL_API_TOKEN": DASHBOARD_TOKEN,
+               "TIDAL_CACHE_DIR": str(self.tmp / "cache"), "OMP_NUM_THREADS": "1"}
+        params = StdioServerParameters(command=PYTHON, args=["-m", "dashboard.mcp"], env=env, cwd=str(PROJECT_ROOT))
+
+        async def scenario(client):
+            tools = await client.list_tools()
+            result = await client.call_tool("list_experiments", {})
+            return {t.name for t in tools.tools}, result
+
+        names, result = run_mcp(params, scenario)
+        self.assertEqual(len(names), 17)
+        self.assertFalse(result.is_error, mcp_text(result))
+        self.assertEqual({e["id"] for e in result.structured_content["experiments"]}, {DONE, RUNNING})
+
+    def test_python_m_dashboard_mcp_over_streamable_http(self):
+        import subprocess
+
+        from tests.support import wait_for
+
+        port = free_port()
+        env = {**os.environ, "TIDAL_API_URL": self.server.url, "TIDAL_CACHE_DIR": str(self.tmp / "cache"),
+               "OMP_NUM_THREADS": "1"}
+        process = subprocess.Popen([PYTHON, "-m", "dashboard.mcp", "--http", "--port", str(port)], env=env,
+                                   cwd=PROJECT_ROOT, stderr=subprocess.DEVNULL)
+        self.addCleanup(process.wait, 10)
+        self.addCleanup(process.terminate)
+
+        def listening():
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=0.5) is not None
+            except httpx.HTTPError:
+                return process.poll() is not None                                # died: stop waiting
+
+        wait_for(listening, timeout=30, message="the MCP HTTP server")
+        self.assertIsNone(process.poll(), "python -m dashboard.mcp --http exited")
+
+        async def scenario(client):
+            return await client.call_tool("get_status", {"experiment_id": DONE})
+
+        result = run_mcp(f"http://127.0.0.1:{port}/mcp", scenario)
+        self.assertFalse(result.is_error, mcp_text(result))
+        self.assertEqual(result.structured_content["status"]["status"], "completed")
+
+
+if __name__ == "__main__":
+    unittest.main()
