@@ -36,7 +36,7 @@ if str(PROJECT_ROOT) not in sys.path:  # run as a file from anywhere
 
 from dashboard.server.errors import DomainError  # noqa: E402
 from dashboard.server.services import jobs_core  # noqa: E402
-from experiment_utils import make_experiment_id  # noqa: E402
+from experiment_utils import experiments_root as default_experiments_root, make_experiment_id  # noqa: E402
 from dashboard.server.services.paths import JOB_ID_RE, resolve_config_path, resolve_experiment_path  # noqa: E402
 from dashboard.server.services.plugin_registry import (  # noqa: E402
     ARG_SOURCES, DEFAULT_MANIFEST_PATH, PluginManifest, load_manifest)
@@ -518,7 +518,7 @@ def main(argv=None) -> int:
     except TidalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    experiments_root = Path(os.environ.get("EXPERIMENTS_DIR") or PROJECT_ROOT / "experiments").resolve()
+    experiments_root = default_experiments_root().resolve()
     config_dirs = ((Path(args.manifest).resolve().parent / "configs").resolve(),
                    *(Path(p).resolve() for p in os.environ.get("EXTRA_CONFIG_DIRS", "").split(os.pathsep) if p))
     redis_url = None

@@ -226,7 +226,7 @@ class RateLimitTest(DashboardTestCase):
         self.assertRegex(message, r"rate limited by the dashboard: retry after \d+ s")
 
 
-class StdioTest(DashboardTestCase):
+class TransportTest(DashboardTestCase):
     def test_python_m_dashboard_mcp_over_stdio(self):
         from mcp import StdioServerParameters
 
