@@ -97,6 +97,17 @@ class CacheRulesTest(TempDirTestCase):
         self.assertEqual(self.files(), [])
         self.assertEqual(len(self.fetch.requests), 1 + 2 * 4)
 
+    def test_nothing_yet_answers_are_not_stored(self):
+        get(self.cache, self.fetch, "/api/experiments")
+        evaluation = f"/api/experiments/{DONE}/evaluation"
+        self.fetch.answers[evaluation] = {"experimentId": DONE, "results": None}
+        get(self.cache, self.fetch, evaluation)
+        self.assertEqual(self.files(), [])
+        self.fetch.answers[evaluation] = {"experimentId": DONE, "results": {"perplexity": 12.5}}  # evaluated later
+        self.assertEqual(get(self.cache, self.fetch, evaluation)["results"], {"perplexity": 12.5})
+        self.assertEqual(get(self.cache, self.fetch, evaluation)["results"], {"perplexity": 12.5})
+        self.assertEqual(self.cache.hits, 1)
+
     def test_errors_are_not_stored(self):
         get(self.cache, self.fetch, "/api/experiments")
         self.fetch.answers[METRICS] = TidalAPIError("invalid request", 422)

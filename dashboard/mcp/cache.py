@@ -4,7 +4,8 @@ Only GETs under `/api/experiments/{id}/…` are ever served from or written to d
 this process KNOWS to be completed. It learns that from the answers it sees pass by: the list
 (`{"experiments": [{"id", "status"}]}`, status a string) and the status endpoint (`{"experimentId", "status":
 {"status": …}}`, or a bare string, or null). An experiment seen in any other state is forgotten and its files are
-removed (a resumed run must not be answered from its old files). When nothing is known about an experiment yet,
+removed (a resumed run must not be answered from its old files). An answer saying "nothing yet" (`results` or
+`metrics` null) is not stored either: a later evaluation or ablation may still write it. When nothing is known about an experiment yet,
 one status request settles it. Lists, jobs, plugins, POSTs, errors and status answers themselves are never stored.
 
 Files: `<dir>/<sha256(experiment id)[:16]>/<sha256(key)>.json` holding `{"key": key, "body": body}`; the key is
@@ -47,6 +48,11 @@ def _status_word(value: Any) -> str | None:
     if isinstance(value, dict):
         value = value.get("status")
     return value if isinstance(value, str) else None
+
+
+def _is_absence(body: Any) -> bool:
+    """`{"results": null}` / `{"metrics": null}`: "nothing yet", which an evaluation or ablation run may still fill."""
+    return isinstance(body, dict) and any(k in body and body[k] is None for k in ("results", "metrics"))
 
 
 class DiskCache:
@@ -104,7 +110,8 @@ class DiskCache:
             return cached["body"]
         self.misses += 1
         body = await fetch(path, params)        # a non-2xx answer raises here: errors are never stored
-        self._write(file, key, body)
+        if not _is_absence(body):
+            self._write(file, key, body)
         return body
 
     # ------------------------------------------------------------------------------------------------ files
