@@ -4,9 +4,9 @@ Only GETs under `/api/experiments/{id}/…` are ever served from or written to d
 this process KNOWS to be completed. It learns that from the answers it sees pass by: the list
 (`{"experiments": [{"id", "status"}]}`, status a string) and the status endpoint (`{"experimentId", "status":
 {"status": …}}`, or a bare string, or null). An experiment seen in any other state is forgotten and its files are
-removed (a resumed run must not be answered from its old files). An answer saying "nothing yet" (`results` or
-`metrics` null) is not stored either: a later evaluation or ablation may still write it. When nothing is known about an experiment yet,
-one status request settles it. Lists, jobs, plugins, POSTs, errors and status answers themselves are never stored.
+removed (a resumed run must not be answered from its old files). When nothing is known about an experiment yet,
+one status request settles it. Lists, jobs, plugins, POSTs, errors, status answers themselves and "nothing yet"
+answers (`results` or `metrics` null: a later evaluation or ablation may still write them) are never stored.
 
 Files: `<dir>/<sha256(experiment id)[:16]>/<sha256(key)>.json` holding `{"key": key, "body": body}`; the key is
 base URL + path + sorted query, and a file whose stored key differs (a collision) or that does not parse is a miss
