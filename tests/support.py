@@ -432,3 +432,39 @@ def mcp_call(mcp_server, tool: str, arguments: dict | None = None):
 def mcp_text(result) -> str:
     """The text content of a tool result (an error's message)."""
     return " ".join(getattr(block, "text", "") for block in result.content)
+
+
+class LiveDashboardTestCase(unittest.TestCase):
+    """One real Redis and one real dashboard (uvicorn on a free port) per test class, over a fresh experiments dir.
+
+    Subclasses fill the directory in `populate(root)` and may set `settings_overrides`; tests use `cls.http`
+    (an httpx client on the server), `cls.server`, `cls.redis`, `cls.root` and `cls.tmp`."""
+
+    settings_overrides: dict = {}
+
+    @classmethod
+    def populate(cls, root: Path) -> None:
+        """Write the experiments the class needs under `root` (default: none)."""
+
+    @classmethod
+    def setUpClass(cls):
+        import httpx
+
+        super().setUpClass()
+        cls._dir = tempfile.TemporaryDirectory(prefix="tidal-dashboard-")
+        cls.tmp = Path(cls._dir.name)
+        cls.root = cls.tmp / "experiments"
+        cls.root.mkdir()
+        cls.populate(cls.root)
+        cls.redis = EmbeddedRedis().start()
+        settings = dashboard_settings(cls.root, cls.redis.url, **{"rate_capacity": 10_000, **cls.settings_overrides})
+        cls.server = DashboardServer(settings).start()
+        cls.http = httpx.Client(base_url=cls.server.url, timeout=60)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.http.close()
+        cls.server.stop()
+        cls.redis.stop()
+        cls._dir.cleanup()
+        super().tearDownClass()

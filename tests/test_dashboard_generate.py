@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.support import (PROJECT_ROOT, DashboardServer, EmbeddedRedis, dashboard_settings, free_port, http_ok,
-                           tiny_config, wait_for)
+from tests.support import (PROJECT_ROOT, DashboardServer, EmbeddedRedis, LiveDashboardTestCase, dashboard_settings,
+                           free_port, http_ok, tiny_config, wait_for)
 
 try:
     from plugins.tidal.Generator import load_generator  # noqa: F401
@@ -43,22 +43,10 @@ def make_checkpoints(root: Path) -> None:
 
 
 @unittest.skipUnless(HAVE_GENERATOR, "plugins.tidal.Generator.load_generator is not available")
-class GenerateTest(unittest.TestCase):
+class GenerateTest(LiveDashboardTestCase):
     @classmethod
-    def setUpClass(cls):
-        cls._dir = tempfile.TemporaryDirectory()
-        cls.root = Path(cls._dir.name) / "experiments"
-        make_checkpoints(cls.root)
-        cls.redis = EmbeddedRedis().start()
-        cls.server = DashboardServer(dashboard_settings(cls.root, cls.redis.url, rate_capacity=10_000)).start()
-        cls.http = httpx.Client(base_url=cls.server.url, timeout=60)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.http.close()
-        cls.server.stop()
-        cls.redis.stop()
-        cls._dir.cleanup()
+    def populate(cls, root):
+        make_checkpoints(root)
 
     def generate(self, expect=200, **body):
         r = self.http.post("/api/generate", json={"checkpoint": CKPT, "prompt": "Once upon a time", "maxTokens": 10,

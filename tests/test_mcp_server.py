@@ -4,15 +4,13 @@ through `python -m dashboard.mcp` in a subprocess."""
 from __future__ import annotations
 
 import os
-import tempfile
 import unittest
-from pathlib import Path
 
 import httpx
 
 from dashboard.mcp import TidalAPI, build_server
-from tests.support import (DASHBOARD_TOKEN, PROJECT_ROOT, PYTHON, DashboardServer, EmbeddedRedis, auth_headers,
-                           dashboard_settings, free_port, mcp_call, mcp_text, run_mcp, write_tiny_experiment)
+from tests.support import (DASHBOARD_TOKEN, PROJECT_ROOT, PYTHON, LiveDashboardTestCase, auth_headers, free_port,
+                           mcp_call, mcp_text, run_mcp, write_tiny_experiment)
 
 try:
     from plugins.tidal.Generator import load_generator  # noqa: F401
@@ -29,7 +27,7 @@ DESTRUCTIVE_TOOLS = {"create_job", "signal_job", "cancel_job"}
 COMPUTE_TOOLS = {"generate_text", "analyze_trajectories"}
 
 
-class DashboardTestCase(unittest.TestCase):
+class DashboardTestCase(LiveDashboardTestCase):
     """One real Redis and one real dashboard per class, over an experiments dir holding DONE (completed, with a tiny
     checkpoint) and RUNNING (still training). Jobs are created with the remote provider: no worker is spawned."""
 
@@ -37,23 +35,13 @@ class DashboardTestCase(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls._dir = tempfile.TemporaryDirectory(prefix="tidal-mcp-")
-        cls.tmp = Path(cls._dir.name)
-        cls.root = cls.tmp / "experiments"
-        write_tiny_experiment(cls.root, DONE, steps=300, status="completed", checkpoint=HAVE_GENERATOR)
-        write_tiny_experiment(cls.root, RUNNING, steps=20, status="training")
-        cls.redis = EmbeddedRedis().start()
-        settings = dashboard_settings(cls.root, cls.redis.url, default_provider="remote",
-                                      **{"rate_capacity": 10_000, **cls.settings_overrides})
-        cls.server = DashboardServer(settings).start()
-        cls.http = httpx.Client(base_url=cls.server.url, timeout=30)
+        cls.settings_overrides = {"default_provider": "remote", **cls.settings_overrides}
+        super().setUpClass()
 
     @classmethod
-    def tearDownClass(cls):
-        cls.http.close()
-        cls.server.stop()
-        cls.redis.stop()
-        cls._dir.cleanup()
+    def populate(cls, root):
+        write_tiny_experiment(root, DONE, steps=300, status="completed", checkpoint=HAVE_GENERATOR)
+        write_tiny_experiment(root, RUNNING, steps=20, status="training")
 
     def mcp(self, token: str | None = DASHBOARD_TOKEN, url: str | None = None):
         return build_server(TidalAPI(url or self.server.url, token))
