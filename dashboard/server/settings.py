@@ -88,7 +88,7 @@ class Settings:
     # rate limit (SPEC §10): 5 tokens, one back every 6 s
     rate_capacity: int = 5
     rate_refill_seconds: float = 6.0
-    rate_timeout: float = 0.05                   # the limiter's own Redis socket timeouts (fail open within this)
+    rate_timeout: float = 0.25                   # bound on one limiter call to a *hung* Redis (a stopped one refuses at once)
     rate_breaker_seconds: float = 5.0            # skip Redis this long after a limiter failure
     # generation
     model_cache_size: int = 3

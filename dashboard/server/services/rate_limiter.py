@@ -61,7 +61,7 @@ class Decision:
 
 class RateLimiter:
     def __init__(self, redis_url: str, *, prefix: str, capacity: int = 5, refill_seconds: float = 6.0,
-                 timeout: float = 0.05, breaker_seconds: float = 5.0):
+                 timeout: float = 0.25, breaker_seconds: float = 5.0):
         self.redis = Redis.from_url(redis_url, decode_responses=True, socket_timeout=timeout,
                                     socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
                                     max_connections=64, health_check_interval=0)
