@@ -7,48 +7,30 @@ import os
 import socket
 import unittest
 
-import httpx
 
-from tests.support import DashboardServer, RedisTestCase, auth_headers, dashboard_settings
+from tests.support import LiveDashboardTestCase, auth_headers
 
 EXP = "20260101-120000-commit_nogit-config_0123456789"
 
 
-class BadInputTest(RedisTestCase):
+class BadInputTest(LiveDashboardTestCase):
     @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        import tempfile
-        from pathlib import Path
-
-        cls._dir = tempfile.TemporaryDirectory()
-        root = Path(cls._dir.name)
-        cls.experiments = root / "experiments"
-        (cls.experiments / EXP).mkdir(parents=True)
-        (cls.experiments / EXP / "transformer-lm_v1.0.0.pth").write_bytes(b"not really a model")
-        (cls.experiments / EXP / "rl_checkpoint_final.pth").write_bytes(b"x")
-        outside = root / "outside"
+    def populate(cls, experiments):
+        (experiments / EXP).mkdir()
+        (experiments / EXP / "transformer-lm_v1.0.0.pth").write_bytes(b"not really a model")
+        (experiments / EXP / "rl_checkpoint_final.pth").write_bytes(b"x")
+        outside = cls.tmp / "outside"
         outside.mkdir()
         (outside / "secret.yaml").write_text("SECRET: 1\n")
         (outside / "secret.pth").write_bytes(b"x")
-        cls.extra = root / "extra_configs"
-        cls.extra.mkdir()
-        (cls.extra / "ok.yaml").write_text("A: 1\n")
-        (cls.extra / "notes.txt").write_text("x")
-        os.symlink(outside / "secret.yaml", cls.extra / "link.yaml")
-        os.symlink(outside / "secret.pth", cls.experiments / EXP / "escape.pth")
-        os.symlink(outside, cls.experiments / "20260101-120001-commit_nogit-config_linkeddir0")
-        settings = dashboard_settings(cls.experiments, cls.redis_server.url, extra_config_dirs=(cls.extra,),
-                                      rate_capacity=10_000)
-        cls.server = DashboardServer(settings).start()
-        cls.http = httpx.Client(base_url=cls.server.url, timeout=10)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.http.close()
-        cls.server.stop()
-        cls._dir.cleanup()
-        super().tearDownClass()
+        extra = cls.extra = cls.tmp / "extra_configs"
+        extra.mkdir()
+        (extra / "ok.yaml").write_text("A: 1\n")
+        (extra / "notes.txt").write_text("x")
+        os.symlink(outside / "secret.yaml", extra / "link.yaml")
+        os.symlink(outside / "secret.pth", experiments / EXP / "escape.pth")
+        os.symlink(outside, experiments / "20260101-120001-commit_nogit-config_linkeddir0")
+        cls.settings_overrides = {"extra_config_dirs": (extra,)}
 
     def request(self, method, path, expect, **kwargs):
         r = self.http.request(method, path, **kwargs)
@@ -81,7 +63,7 @@ class BadInputTest(RedisTestCase):
         for path in ["/etc/passwd", "experiments/../x.pth", f"experiments/{EXP}/missing.pth",
                      f"experiments/{EXP}/escape.pth", f"experiments/{EXP}",
                      "experiments/20260101-120001-commit_nogit-config_linkeddir0/secret.pth",
-                     "experiments/.redis/x.pth", f"{self.experiments}/../outside/secret.pth"]:
+                     "experiments/.redis/x.pth", f"{self.root}/../outside/secret.pth"]:
             with self.subTest(path=path):
                 self.assertEqual(self.create(400, checkpoint=path, **rl)["detail"]["field"], "checkpoint")
         for path in ["experiments/20991231-000000-commit_nogit-config_ffffffffff", "/tmp", "experiments/.."]:

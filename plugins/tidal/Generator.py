@@ -77,6 +77,8 @@ class GeneratorHandle:
     """A loaded model (and optional RL agent) ready to generate; safe to reuse across requests."""
 
     def __init__(self, config: dict, model, rl_config: dict | None = None, agent=None, gates_trained: bool = False):
+        # the modulator's mapping comes from the RL checkpoint's config, else the shipped rl_config.yaml (read once)
+        rl_config = rl_config or load_config(RL_CONFIG_PATH, reference_path=RL_CONFIG_PATH)
         self.config, self.model, self.rl_config, self.agent = config, model, rl_config, agent
         self.gates_trained = gates_trained
         self.device = next(model.parameters()).device
@@ -88,7 +90,7 @@ class GeneratorHandle:
     def _controller(self, gating_mode: str, modulation: float | None, seed: int | None) -> ModulatedController | None:
         if gating_mode == "none":
             return None
-        modulator = GatingModulator(self.rl_config or load_config(RL_CONFIG_PATH, reference_path=RL_CONFIG_PATH))
+        modulator = GatingModulator(self.rl_config)
         if gating_mode == "fixed":
             m = 0.5 if modulation is None else modulation
             if not 0.0 <= m <= 1.0:

@@ -72,6 +72,10 @@ class PPOTrainer:
         self.history: dict[str, list] = {}
         self.stop_requested: str | None = None  # "complete" or "terminate", set from a signal handler
 
+    def request_stop(self, kind: str) -> None:
+        """"complete" or "terminate"; safe from a signal handler: the current iteration finishes first."""
+        self.stop_requested = self.stop_requested or kind
+
     # ---------------------------------------------------------------------------------------------- rollout
     def collect_rollout(self, next_obs: torch.Tensor) -> tuple[dict, torch.Tensor, dict]:
         S, N, dev = self.num_steps, self.num_envs, self.device

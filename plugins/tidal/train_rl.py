@@ -105,9 +105,9 @@ def main(argv=None) -> int:
     if args.resume:
         trainer.load_checkpoint(resolve_project_path(args.resume))
     train = not (args.ablation and args.resume and args.timesteps is None)
-    signal.signal(signal.SIGTERM, lambda *_: request_stop(trainer, "terminate"))
-    signal.signal(signal.SIGINT, lambda *_: request_stop(trainer, "terminate"))
-    signal.signal(signal.SIGUSR1, lambda *_: request_stop(trainer, "complete"))
+    signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop("terminate"))
+    signal.signal(signal.SIGINT, lambda *_: trainer.request_stop("terminate"))
+    signal.signal(signal.SIGUSR1, lambda *_: trainer.request_stop("complete"))
     try:
         if train:
             metrics.set_status("training", phase="rl")
@@ -136,10 +136,6 @@ def main(argv=None) -> int:
         logger.exception("RL training failed")
         raise TidalError(f"RL training failed: {type(exc).__name__}: {exc} (traceback in "
                          f"{exp_dir / 'rl_training.log'})") from None
-
-
-def request_stop(trainer: PPOTrainer, kind: str) -> None:
-    trainer.stop_requested = trainer.stop_requested or kind
 
 
 if __name__ == "__main__":
