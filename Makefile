@@ -6,12 +6,17 @@ PY := $(VENV)/bin/python
 # The stamp is rebuilt (pip runs again) only when a requirements file changes: set-up is idempotent and fast.
 STAMP := $(VENV)/.installed
 REQS := requirements.txt requirements-dev.txt
+# The web client is served as-is (ES modules); its one library, uPlot, comes from npm with a committed lockfile.
+CLIENT := dashboard/client
+NODE_STAMP := $(CLIENT)/node_modules/.installed
+# Browser tests drive Debian's Chromium; set-up installs it with apt when it is missing and we are root.
+CHROMIUM ?= /usr/bin/chromium
 # Keep large allocations in the heap instead of mmap/munmap per tensor (ADR 0012): the training entry points set
 # this themselves; exporting it here speeds up the tests that train in-process too.
 export MALLOC_MMAP_THRESHOLD_ := 4294967296
 export MALLOC_TRIM_THRESHOLD_ := 17179869184
 
-.PHONY: setup test demo dashboard bench clean help
+.PHONY: setup chromium test demo dashboard bench clean help
 
 help:
 	@echo "make demo       set up, then train the LM and the RL controller on the built-in corpus"
@@ -19,13 +24,26 @@ help:
 	@echo "make dashboard  start the dashboard server (API + web client) on http://127.0.0.1:4400"
 	@echo "make bench      run every benchmark and regenerate the README table"
 
-setup: $(STAMP)
+setup: $(STAMP) $(NODE_STAMP) chromium
 
 $(STAMP): $(REQS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	@touch $(STAMP)
+
+$(NODE_STAMP): $(CLIENT)/package-lock.json
+	cd $(CLIENT) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(NODE_STAMP)
+
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || \
+	     (apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null)) && \
+	    echo "installed Chromium for the browser tests"; \
+	  else echo "note: $(CHROMIUM) is missing and we are not root: the browser tests will be skipped"; fi; \
+	fi
 
 test: setup
 	OMP_NUM_THREADS=1 $(PY) scripts/run_tests.py
@@ -40,4 +58,4 @@ bench: setup
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) plugins/tidal/data_cache
+	rm -rf $(VENV) $(CLIENT)/node_modules plugins/tidal/data_cache

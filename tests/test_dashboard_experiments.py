@@ -85,6 +85,14 @@ class ExperimentsApiTest(RedisTestCase):
         (lm_dir / "evaluation_results.json").write_text(json.dumps({"perplexity": 12.5}))
         (rl_dir / "ablation_results.json").write_text(json.dumps({"random": {"mean_reward": 0.1}}))
         (rl_dir / "rl_metrics").mkdir()
+        self.rl_logger = MetricsLogger(rl_dir, redis_url="")
+        self.addCleanup(self.rl_logger.close)
+        for it in range(1, 301):
+            self.rl_logger.log_rl_metrics({"episode_rewards": it / 100, "policy_loss": -0.01}, it * 64)
+        (lm_dir / "config.yaml").write_text("EMBED_DIM: 64\n")
+        (rl_dir / "rl_config.yaml").write_text("RL_LEARNING_RATE: 0.001\n")
+        (rl_dir / "base_config.yaml").write_text("EMBED_DIM: 64\n")
+        (rl_dir / "notes.txt").write_text("not a config")
         (rl_dir / "rl_metrics" / "rl_training_metrics.json").write_text(json.dumps({"global_step": 64}))
         self.server = DashboardServer(dashboard_settings(self.root, self.redis_url)).start()
         self.addCleanup(self.server.stop)
@@ -119,6 +127,26 @@ class ExperimentsApiTest(RedisTestCase):
         only = self.http.get(f"/api/experiments/{LM}/metrics", params={"keys": "Learning Rate", "mode": "recent",
                                                                        "window": 3}).json()
         self.assertEqual([set(p) for p in only["points"]], [{"step", "timestamp", "Learning Rate"}] * 2)
+
+    def test_rl_series_is_read_from_the_rl_history_and_downsampled_the_same_way(self):
+        body = self.http.get(f"/api/experiments/{RL}/metrics", params={"series": "rl", "maxPoints": 50}).json()
+        self.assertEqual((body["originalCount"], body["downsampled"]), (300, True))
+        rewards = [p for p in body["points"] if "episode_rewards" in p]
+        self.assertLessEqual(len(rewards), 50)
+        self.assertEqual(rewards[-1]["global_step"], 300 * 64)
+        self.assertEqual(set(body["keys"]), {"episode_rewards", "policy_loss"})
+        lm = self.http.get(f"/api/experiments/{RL}/metrics").json()  # the LM series of an RL run is empty
+        self.assertEqual(lm["points"], [])
+        bad = self.http.get(f"/api/experiments/{RL}/metrics", params={"series": "gpu"})
+        self.assertEqual(bad.status_code, 422)
+
+    def test_config_files_of_an_experiment(self):
+        files = self.http.get(f"/api/experiments/{RL}/config").json()["files"]
+        self.assertEqual([f["filename"] for f in files], ["base_config.yaml", "rl_config.yaml"])
+        self.assertEqual(files[1]["content"], "RL_LEARNING_RATE: 0.001\n")
+        self.assertEqual(self.http.get(f"/api/experiments/{LM}/config").json()["files"][0]["filename"],
+                         "config.yaml")
+        self.assertEqual(self.http.get("/api/experiments/..etc/config").status_code, 400)
 
     def test_redis_only_experiment_metrics_and_status(self):
         self.redis.sadd(KEYS.experimentsSet, REMOTE)

@@ -221,6 +221,11 @@ def create_app(settings: Settings | None = None, registry: PluginRegistry | None
     for module in (health, plugins, stream, experiments, jobs, generate, workers):
         app.include_router(module.router)
     client_dir = Path(settings.client_dir)
+    uplot = client_dir / "node_modules" / "uplot" / "dist"
+    if uplot.is_dir():  # installed by `make setup` (npm ci); the page says so when it is missing
+        app.mount("/vendor/uplot", StaticFiles(directory=uplot), name="uplot")
+    else:
+        log.warning("uPlot is not installed (%s): run `make setup` for the web client's charts", uplot)
     if client_dir.is_dir():
         app.mount("/", StaticFiles(directory=client_dir, html=True), name="client")
     app.add_middleware(RateLimitHeadersMiddleware)

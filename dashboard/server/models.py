@@ -125,6 +125,17 @@ class CheckpointsResponse(BaseModel):
     checkpoints: list[CheckpointInfo]
 
 
+class ExperimentConfigFile(BaseModel):
+    filename: str
+    content: str
+    truncated: bool
+
+
+class ConfigFilesResponse(BaseModel):
+    experimentId: str
+    files: list[ExperimentConfigFile]
+
+
 class ResultsResponse(BaseModel):
     experimentId: str
     results: Any = None

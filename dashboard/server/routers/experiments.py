@@ -8,7 +8,7 @@ from fastapi.responses import Response
 
 from ..deps import get_services
 from ..errors import FieldError
-from ..models import (CheckpointsResponse, ErrorResponse, ExperimentsResponse, MetricsResponse, ResultsResponse,
+from ..models import (CheckpointsResponse, ConfigFilesResponse, ErrorResponse, ExperimentsResponse, MetricsResponse, ResultsResponse,
                       RLMetricsResponse, StatusResponse)
 
 router = APIRouter(prefix="/api/experiments", tags=["experiments"],
@@ -24,6 +24,7 @@ async def list_experiments(services=Depends(get_services)):
             summary="Metric history; each series bounded to maxPoints (min/max per bucket, last point kept)")
 async def metrics(experiment_id: str, services=Depends(get_services),
                   mode: Literal["recent", "historical"] = "historical",
+                  series: Literal["lm", "rl"] = Query("lm", description="the LM history or the RL one"),
                   window: int = Query(1000, ge=1, le=1_000_000),
                   maxPoints: int = Query(1000, ge=10, le=20_000),
                   keys: str | None = Query(None, max_length=2000,
@@ -31,7 +32,7 @@ async def metrics(experiment_id: str, services=Depends(get_services),
     key_list = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
     if key_list is not None and (not key_list or len(key_list) > 64):
         raise FieldError("query.keys", "give 1 to 64 metric names")
-    body = await services.experiments.metrics(experiment_id, mode, window, maxPoints, key_list)
+    body = await services.experiments.metrics(experiment_id, mode, window, maxPoints, key_list, series)
     return Response(body, media_type="application/json")
 
 
@@ -58,3 +59,9 @@ async def evaluation(experiment_id: str, services=Depends(get_services)):
 @router.get("/{experiment_id}/ablation", response_model=ResultsResponse)
 async def ablation(experiment_id: str, services=Depends(get_services)):
     return {"experimentId": experiment_id, "results": await services.experiments.ablation(experiment_id)}
+
+
+@router.get("/{experiment_id}/config", response_model=ConfigFilesResponse,
+            summary="The YAML configs saved with the run")
+async def config(experiment_id: str, services=Depends(get_services)):
+    return {"experimentId": experiment_id, "files": await services.experiments.config_files(experiment_id)}

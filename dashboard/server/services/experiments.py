@@ -26,6 +26,9 @@ def _read_json(path: Path):
         return None
 
 
+CONFIG_MAX_BYTES = 256 * 1024
+
+
 class ExperimentService:
     def __init__(self, settings, manifest, redis):
         self.settings = settings
@@ -130,10 +133,13 @@ class ExperimentService:
         }
 
     # ---- metrics
-    async def metrics(self, exp_id: str, mode: str, window: int, max_points: int, keys: list[str] | None) -> bytes:
-        """The JSON body of GET /metrics (pre-encoded and cached per file version: charts poll this)."""
+    async def metrics(self, exp_id: str, mode: str, window: int, max_points: int, keys: list[str] | None,
+                      series: str = "lm") -> bytes:
+        """The JSON body of GET /metrics (pre-encoded and cached per file version: charts poll this).
+        `series` picks the LM history (`metrics` records) or the RL one (`rl-metrics` records)."""
         exp_dir = await self.require(exp_id)
-        path = self._lm_file(exp_dir, self.manifest.metrics.lm.historyFile)
+        history = (self.manifest.metrics.lm if series == "lm" else self.manifest.metrics.rl).historyFile
+        path = self._lm_file(exp_dir, history)
         if path.is_file():
             if self.tail.needs_read(path):
                 records, version = await anyio.to_thread.run_sync(self.tail.read, path)
@@ -141,7 +147,8 @@ class ExperimentService:
                 records, version = self.tail.read(path)
             source = "disk"
         else:
-            records, version, source = await self._redis_metrics(exp_id), None, "redis"
+            kind = "metrics" if series == "lm" else "rl-metrics"
+            records, version, source = await self._redis_metrics(exp_id, kind), None, "redis"
         cache_key = (str(path), version, mode, window, max_points, tuple(keys) if keys else None)
         if version is not None and cache_key in self._responses:
             self._responses.move_to_end(cache_key)
@@ -163,14 +170,14 @@ class ExperimentService:
             "keys": keys or series_keys(selected), "source": source,
         }, allow_nan=False, default=str).encode()
 
-    async def _redis_metrics(self, exp_id: str) -> list[dict]:
+    async def _redis_metrics(self, exp_id: str, kind: str) -> list[dict]:
         key = self.manifest.redis.metrics_stream(exp_id)
         records, start = [], "-"
         try:
             while True:
                 page = await self.redis.xrange(key, min=start, max="+", count=5000)
                 for _id, fields in page:
-                    if fields.get("kind") == "metrics":
+                    if fields.get("kind") == kind:
                         try:
                             records.append(json.loads(fields.get("data", "")))
                         except ValueError:
@@ -219,6 +226,28 @@ class ExperimentService:
                 out.append({"filename": entry.name, "path": f"experiments/{exp_id}/{entry.name}",
                             "sizeBytes": st.st_size, "modified": st.st_mtime, "phase": phase, "epoch": epoch})
             return sorted(out, key=lambda c: (c["modified"], c["filename"]))
+
+        return await anyio.to_thread.run_sync(scan)
+
+    async def config_files(self, exp_id: str) -> list[dict]:
+        """The YAML configs saved with the run (config.yaml, or base_config.yaml + rl_config.yaml for RL), as text.
+        Only regular files directly inside the experiment directory, and not over CONFIG_MAX_BYTES each."""
+        exp_dir = await self.require(exp_id)
+
+        def scan():
+            out = []
+            try:
+                entries = sorted(os.scandir(exp_dir), key=lambda e: e.name)
+            except OSError:
+                return out
+            for entry in entries:
+                if not entry.name.endswith((".yaml", ".yml")) or not entry.is_file(follow_symlinks=False):
+                    continue
+                with open(entry.path, "rb") as f:
+                    raw = f.read(CONFIG_MAX_BYTES + 1)
+                text = raw[:CONFIG_MAX_BYTES].decode("utf-8", errors="replace")
+                out.append({"filename": entry.name, "content": text, "truncated": len(raw) > CONFIG_MAX_BYTES})
+            return out
 
         return await anyio.to_thread.run_sync(scan)
 
