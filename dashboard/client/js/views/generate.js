@@ -1,0 +1,135 @@
+// Generation view (#/generate): one or two (A/B) configurations built from the manifest (gating modes, parameter
+// sliders), run with the same prompt and seed; the text with each token coloured by its modulation m, and a chart
+// of m and its sampling effects per token.
+import { api } from "../api.js";
+import { Chart, chartsAvailable, colour } from "../charts.js";
+import { field, fmtNum, h, mount, select } from "../dom.js";
+import { checkpointOptions, state } from "../state.js";
+import { reportError } from "../toast.js";
+
+/** Diverging scale for m: blue (low) → light grey (0.5) → orange (high), translucent so text reads in both themes.
+ * The square root spreads the small departures from 0.5 a trained controller makes across more visible shades. */
+export function mColour(m) {
+  const d = Math.max(-1, Math.min(1, (m - 0.5) * 2)), t = Math.sqrt(Math.abs(d));
+  const [r, g, b] = (d < 0 ? [47, 127, 216] : [234, 120, 30]).map((c) => Math.round(140 + (c - 140) * t));
+  return `rgba(${r}, ${g}, ${b}, ${(0.14 + 0.5 * t).toFixed(3)})`;
+}
+
+const legend = () => h("div", { class: "m-legend" }, h("span", {}, "m = 0"), h("i", { class: "m-scale" }), h("span", {}, "1"),
+  h("small", { class: "muted" }, "m sets temperature, top-k, top-p and repetition penalty for each token"));
+
+/** One configuration column; `sfx` is "" (A) or "-b" (B), appended to every id. */
+function configPanel(sfx, route) {
+  const { modes = [], parameters = [] } = state.manifest?.generation || {};
+  const lm = checkpointOptions("lm"), rl = checkpointOptions("rl");
+  const p = (name) => (sfx ? null : route.params.get(name)); // deep links preselect side A only
+  const withWanted = (opts, v) => (v && !opts.some((o) => o.value === v) ? [{ value: v, label: v }, ...opts] : opts);
+  const checkpoint = select({ id: `gen-checkpoint${sfx}` }, withWanted(lm, p("checkpoint")), p("checkpoint") || lm.find((o) => o.phase === "final")?.value || lm[0]?.value);
+  const mode = select({ id: `gen-mode${sfx}` }, modes.map((m) => ({ value: m.id, label: m.displayName })), p("mode") || (sfx || !rl.length ? "fixed" : "learned"));
+  const rlCheckpoint = select({ id: `gen-rl-checkpoint${sfx}` }, withWanted(rl, p("rlCheckpoint")), p("rlCheckpoint") || rl.find((o) => o.value.endsWith("_final.pth"))?.value || rl[0]?.value);
+  const rlRow = field("RL checkpoint", rlCheckpoint, rl.length ? "" : "No RL checkpoints yet");
+  const value = (prm, input) => (prm.integer ? Math.round(Number(input.value)) : Number(input.value));
+  const sliders = parameters.map((prm) => {
+    const out = h("output", {}, fmtNum(prm.default));
+    const input = h("input", { id: `gen-${prm.id}${sfx}`, type: "range", "data-param": prm.id, min: prm.min, max: prm.max, step: prm.step, value: prm.default,
+      oninput: () => { out.value = fmtNum(value(prm, input)); } });
+    return { prm, input, row: h("label", { class: "field slider" }, h("span", {}, prm.displayName, out), input) };
+  });
+  const modeOf = () => modes.find((m) => m.id === mode.value) || {};
+  const sync = () => {
+    rlRow.hidden = !modeOf().requiresRLCheckpoint;
+    for (const s of sliders) if (s.prm.id === "modulation") s.row.hidden = mode.value !== "fixed";
+  };
+  mode.addEventListener("change", sync);
+  sync();
+
+  const output = h("div", { class: "gen-text", "data-testid": `gen-output${sfx}` }, h("span", { class: "muted" }, "The generated text appears here."));
+  const stats = h("div", { class: "gen-stats muted", "data-testid": `gen-stats${sfx}` });
+  const legendSlot = h("div");
+  const chart = chartsAvailable() ? new Chart({ key: "m", title: "Modulation and effects per token", xLabel: "token", sync: `gen${sfx}`, testid: `gen-chart${sfx}`, y2Label: "T · rep. penalty", height: 200 }) : null;
+  if (chart) chart.el.hidden = true;
+
+  function request(prompt, seed) {
+    const body = { checkpoint: checkpoint.value, prompt, gatingMode: mode.value };
+    for (const { prm, input } of sliders) if (prm.id !== "modulation" || mode.value === "fixed") body[prm.id] = value(prm, input);
+    if (modeOf().requiresRLCheckpoint) body.rlCheckpoint = rlCheckpoint.value;
+    if (seed !== null) body.seed = seed;
+    return body;
+  }
+
+  function show(prompt, res) {
+    const generated = res.text.startsWith(prompt) ? res.text.slice(prompt.length) : res.text;
+    const t = res.trajectory;
+    stats.textContent = `${res.tokensGenerated} tokens · ${Math.round(res.elapsedMs)} ms`;
+    if (!t?.tokenTexts?.length) {
+      mount(output, h("span", { class: "prompt" }, prompt), h("span", { class: "plain" }, generated));
+      mount(legendSlot);
+      stats.append(h("span", { class: "note" }, " · plain sampling has no gating trajectory, so tokens are not coloured"));
+      if (chart) chart.el.hidden = true;
+      return;
+    }
+    const ms = t.gateSignals.map((g) => (Array.isArray(g) ? g[0] : g)); // one m per token (B=1 rows)
+    mount(output, h("span", { class: "prompt" }, prompt), t.tokenTexts.map((text, i) => {
+      const e = t.effects[i] || {};
+      return h("span", { class: "tok", "data-m": ms[i].toFixed(2), style: `background:${mColour(ms[i])}`,
+        title: `m=${ms[i].toFixed(2)} · T=${fmtNum(e.temperature, 3)}, top-k=${e.top_k}, top-p=${fmtNum(e.top_p, 3)}, rep=${fmtNum(e.repetition_penalty, 3)}` }, text);
+    }));
+    mount(legendSlot, legend());
+    if (!chart) return;
+    chart.el.hidden = false;
+    const x = ms.map((_, i) => i), eff = (k) => t.effects.map((e) => e?.[k]);
+    chart.render({ series: [
+      { label: "m", x, y: ms, color: colour(0), primary: true },
+      { label: "top-p", x, y: eff("top_p"), color: colour(1) },
+      { label: "temperature", x, y: eff("temperature"), color: colour(2), scale: "y2" },
+      { label: "repetition penalty", x, y: eff("repetition_penalty"), color: colour(3), scale: "y2", dash: [5, 3] },
+    ] });
+  }
+
+  const el = h("div", { class: "gen-side" },
+    h("section", { class: "card form" }, h("h3", {}, sfx ? "Configuration B" : "Configuration A"),
+      h("div", { class: "form-grid" }, field("Model checkpoint", checkpoint), field("Gating mode", mode), rlRow), h("div", { class: "sliders" }, sliders.map((s) => s.row))),
+    h("section", { class: "card" }, stats, output, legendSlot), chart?.el);
+  return { el, request, show, dispose: () => chart?.destroy() };
+}
+
+export function renderGenerate(root, route) {
+  const noModel = !checkpointOptions("lm").length && !route.params.get("checkpoint");
+  const a = configPanel("", route);
+  let b = null; // side B exists only while A/B is on, so each id and data-param hook stays unique otherwise
+  const prompt = h("textarea", { id: "gen-prompt", rows: 3 }, "Once upon a time");
+  const seed = h("input", { id: "gen-seed", type: "number", min: 0, step: 1, placeholder: "random" });
+  const compare = h("input", { id: "gen-compare", type: "checkbox" });
+  const run = h("button", { id: "gen-run", class: "btn primary", type: "button", disabled: noModel }, "Generate");
+  const sides = h("div", { class: "gen-sides" }, a.el);
+  compare.addEventListener("change", () => {
+    if (compare.checked && !b) sides.append((b = configPanel("-b", route)).el);
+    if (!compare.checked && b) { b.dispose(); b.el.remove(); b = null; }
+    sides.classList.toggle("ab", compare.checked);
+  });
+
+  run.addEventListener("click", async () => {
+    const text = prompt.value;
+    if (!text.trim()) return reportError(new Error("Enter a prompt first."));
+    // A/B needs one seed for both sides, or the comparison would mix the configuration with sampling noise
+    if (seed.value === "" && compare.checked) seed.value = String(Math.floor(Math.random() * 2 ** 31));
+    const s = seed.value === "" ? null : Math.round(Number(seed.value));
+    run.disabled = true;
+    run.textContent = "Generating…";
+    try {
+      for (const side of b ? [a, b] : [a]) side.show(text, await api("/api/generate", { method: "POST", body: side.request(text, s) }));
+    } catch (err) {
+      reportError(err);
+    } finally {
+      run.disabled = false;
+      run.textContent = "Generate";
+    }
+  });
+
+  mount(root, h("div", { class: "page-head" }, h("h1", {}, "Generate")),
+    noModel && h("div", { class: "notice" }, "No language-model checkpoint yet. Train one from ", h("a", { href: "#/jobs" }, "Jobs"), " first."),
+    h("section", { class: "card form" }, field("Prompt", prompt),
+      h("div", { class: "form-row" }, field("Seed", seed), h("label", { class: "control" }, compare, "A/B compare"), h("div", { class: "spacer" }), run)),
+    sides);
+  return { dispose() { a.dispose(); b?.dispose(); } };
+}

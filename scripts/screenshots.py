@@ -1,0 +1,145 @@
+"""Regenerate the README's screenshots from a real demo run (after `make demo`).
+
+    python scripts/screenshots.py [--experiments DIR] [--out docs/images]
+
+Starts the dashboard on the experiments directory (a private port and token), opens it in headless Debian Chromium
+and saves docs/images/dashboard-training.png (the newest LM run's charts), dashboard-rl-gating.png (the newest RL
+run's charts) and generation-output.png (a learned-controller sample next to plain sampling, tokens coloured by m).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from experiment_utils import experiments_root  # noqa: E402
+from redis_launcher import free_port  # noqa: E402
+from tests.browser import browser_unavailable, chromium  # noqa: E402
+
+VIEWPORT = {"width": 1440, "height": 1000}
+
+
+class Failure(Exception):
+    """A readable reason the screenshots could not be made."""
+
+
+def start_dashboard(experiments: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "EXPERIMENTS_DIR": str(experiments), "PORT": str(port), "HOST": "127.0.0.1",
+           "TIDAL_AUTH_TOKEN": secrets.token_urlsafe(24)}
+    env.pop("REDIS_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "dashboard"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise Failure(f"the dashboard exited: {proc.stderr.read().strip()[-500:]}")
+        try:
+            if httpx.get(url + "/api/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise Failure("the dashboard did not answer within 60 s")
+
+
+def pick_runs(url: str) -> tuple[dict, dict]:
+    """The newest RL run with an ablation, and the LM run it came from."""
+    experiments = httpx.get(url + "/api/experiments", timeout=30).json()["experiments"]
+    rl = max((e for e in experiments if e["type"] == "rl" and e["hasAblation"] and e["checkpoints"]),
+             key=lambda e: e["createdAt"] or 0, default=None)
+    if rl is None:
+        raise Failure("no finished RL run with an ablation here: run `make demo` first")
+    lm = next((e for e in experiments if e["id"] == rl["sourceExperiment"]), None)
+    if lm is None:
+        raise Failure(f"the RL run's source LM experiment {rl['sourceExperiment']} is not in this directory")
+    return lm, rl
+
+
+def shoot(url: str, lm: dict, rl: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    saved = []
+    with chromium() as browser:
+        page = browser.new_page(viewport=VIEWPORT, color_scheme="light")
+        page.set_default_timeout(60_000)
+
+        def save(name: str):
+            # the page scrolls inside <main>: grow the viewport to its content so the picture holds the whole view
+            height = page.evaluate("document.querySelector('header').offsetHeight"
+                                   " + document.querySelector('main').scrollHeight")
+            page.set_viewport_size({"width": VIEWPORT["width"], "height": min(max(height, VIEWPORT["height"]), 2400)})
+            page.wait_for_timeout(500)  # charts follow their cards' new size
+            page.screenshot(path=out / name)
+            page.set_viewport_size(VIEWPORT)
+            saved.append(out / name)
+
+        def charts_of(exp_id: str, key: str, name: str):
+            page.goto(f"{url}/#/exp/{exp_id}")
+            page.wait_for_selector(f'[data-testid="chart"][data-key="{key}"][data-points]')
+            page.wait_for_timeout(500)  # let every chart of the view finish its first paint
+            save(name)
+
+        charts_of(lm["id"], "Losses/Total", "dashboard-training.png")
+        charts_of(rl["id"], "episode_rewards", "dashboard-rl-gating.png")
+
+        model = next(c for c in reversed(lm["checkpoints"]) if "_v" in c)  # the final weights, e.g. transformer-lm_v1.0.0
+        controller = "rl_checkpoint_final.pth" if "rl_checkpoint_final.pth" in rl["checkpoints"] else rl["checkpoints"][-1]
+        page.goto(f"{url}/#/generate")
+        page.wait_for_selector("#gen-run")
+        page.select_option("#gen-checkpoint", f"experiments/{lm['id']}/{model}")
+        page.fill("#gen-prompt", "Once upon a time, there was a little girl named Lily.")
+        page.fill("#gen-seed", "7")
+        page.select_option("#gen-mode", "learned")
+        page.select_option("#gen-rl-checkpoint", f"experiments/{rl['id']}/{controller}")
+        page.check("#gen-compare")  # B: the same model and seed, plain sampling
+        page.select_option("#gen-checkpoint-b", f"experiments/{lm['id']}/{model}")
+        page.select_option("#gen-mode-b", "none")
+        page.click("#gen-run")
+        page.wait_for_selector('[data-testid="gen-output"] span.tok')
+        page.wait_for_selector("#gen-run:enabled")  # both sides have answered
+        page.wait_for_selector('[data-testid="gen-chart"] canvas')
+        save("generation-output.png")
+    return saved
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Regenerate docs/images/*.png from a real demo run.")
+    parser.add_argument("--experiments", type=Path, default=experiments_root(), help="experiments directory")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images", help="where to write the PNGs")
+    args = parser.parse_args(argv)
+    reason = browser_unavailable()
+    if reason:
+        print(f"error: {reason}", file=sys.stderr)
+        return 2
+    if not args.experiments.is_dir():
+        print(f"error: no experiments directory at {args.experiments}: run `make demo` first", file=sys.stderr)
+        return 2
+    proc = None
+    try:
+        proc, url = start_dashboard(args.experiments.resolve())
+        lm, rl = pick_runs(url)
+        for path in shoot(url, lm, rl, args.out):
+            print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+        return 0
+    except Failure as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=20)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
