@@ -71,7 +71,8 @@ class ExperimentsApiTest(RedisTestCase):
         lm_dir, rl_dir = self.root / LM, self.root / RL
         for d in (lm_dir, rl_dir):
             d.mkdir(parents=True)
-        (lm_dir / "metadata.json").write_text(json.dumps({"type": "lm", "created_at": 1000.0}))
+        (lm_dir / "metadata.json").write_text(json.dumps({"type": "lm", "created_at": 1000.0,
+                                                          "config_path": "plugins/tidal/configs/quickstart_config.yaml"}))
         (rl_dir / "metadata.json").write_text(json.dumps({"type": "rl", "created_at": 2000.0,
                                                           "source_experiment": LM}))
         self.logger = MetricsLogger(lm_dir, redis_url="")
@@ -107,6 +108,7 @@ class ExperimentsApiTest(RedisTestCase):
         self.assertEqual((experiments[LM]["type"], experiments[LM]["status"]), ("lm", "training"))
         self.assertTrue(experiments[LM]["hasMetrics"] and experiments[LM]["hasEvaluation"])
         self.assertEqual(experiments[RL]["sourceExperiment"], LM)
+        self.assertEqual(experiments[LM]["configPath"], "plugins/tidal/configs/quickstart_config.yaml")
         self.assertTrue(experiments[RL]["hasAblation"] and experiments[RL]["hasRLMetrics"])
         self.assertTrue(experiments[REMOTE]["live"])
         self.assertFalse(experiments[REMOTE]["onDisk"])

@@ -77,6 +77,7 @@ class ExperimentSummary(BaseModel):
     live: bool
     sourceExperiment: str | None
     sourceCheckpoint: str | None
+    configPath: str | None = Field(None, description="the LM config the run was started with (from its metadata)")
     hasMetrics: bool
     hasRLMetrics: bool
     hasEvaluation: bool

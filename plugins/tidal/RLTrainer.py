@@ -193,7 +193,7 @@ class PPOTrainer:
                 losses = self.update(buf, next_obs, entropy_coef)
                 self._step_controllers(losses, stats)
                 self.iteration += 1
-                record = self._record(stats, losses, entropy_coef, lr, rollout_seconds)
+                record = self._record(stats, losses, entropy_coef, lr, rollout_seconds, num_iterations)
                 bar.update(self.batch_size)
                 bar.set_postfix(reward=f"{record['episode_rewards']:.3f}", m=f"{record['gate_modulation']:.2f}",
                                 tok_s=f"{record['steps_per_second']:,.0f}", refresh=False)
@@ -211,13 +211,15 @@ class PPOTrainer:
         if self.diversity is not None:
             self.env.reward_computer.weights["diversity"] = self.diversity.step(stats["diversity"])
 
-    def _record(self, stats: dict, losses: dict, entropy_coef: float, lr: float, seconds: float) -> dict:
+    def _record(self, stats: dict, losses: dict, entropy_coef: float, lr: float, seconds: float,
+                num_iterations: int) -> dict:
         returns = stats["episode_returns"]
         record = {
             "episode_rewards": float(np.mean(returns)) if returns else float("nan"),
             "episodes_finished": len(returns), **losses, "entropy_coef": entropy_coef,
             "gate_modulation": stats["modulation"], "learning_rate": lr,
             "steps_per_second": self.batch_size / seconds, "iteration": self.iteration,
+            "progress": self.iteration / num_iterations,  # of this run's budget (a --timesteps override included)
             **{f"reward_{name}": stats[name] for name in COMPONENTS},
         }
         if self.diversity is not None:

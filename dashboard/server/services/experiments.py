@@ -123,6 +123,7 @@ class ExperimentService:
             "live": status_name == "training",
             "sourceExperiment": (meta or {}).get("source_experiment") or (meta or {}).get("source_experiment_id"),
             "sourceCheckpoint": (meta or {}).get("source_checkpoint"),
+            "configPath": (meta or {}).get("config_path"),
             "hasMetrics": (path / metrics.lm.directory / metrics.lm.historyFile).exists(),
             "hasRLMetrics": metrics.rl.directory in names or
                             (path / metrics.lm.directory / metrics.rl.historyFile).exists(),

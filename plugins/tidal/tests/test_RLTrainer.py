@@ -98,6 +98,7 @@ class TestPPO(TempDirTestCase):
         history = trainer.train(total_timesteps=8 * 8 * 3, progress=False)
         for key in ("lagrange_multiplier", "mean_cost", "cost_value_loss"):
             self.assertEqual(len(history[key]), 3)
+        self.assertEqual(history["progress"], [1 / 3, 2 / 3, 1.0])  # of this run's --timesteps budget
         self.assertGreater(history["lagrange_multiplier"][-1], 1.0)  # cost 0.1 > 0 keeps pushing λ up
         config = self.config(RL_DIVERSITY_HOMEOSTASIS_TARGET=0.55)
         history = PPOTrainer(create_agent(config), TargetEnv(config), config).train(8 * 8 * 3, progress=False)

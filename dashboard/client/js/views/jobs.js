@@ -1,9 +1,9 @@
 // Jobs view (#/jobs): start an LM or RL job (fields from the manifest's training phases), the job table kept
 // current by job-update events, per-job controls, and a live log tail of the selected job (backlog + log-lines).
-import { api, expUrl } from "../api.js";
+import { api } from "../api.js";
 import { confirmDialog } from "../dialogs.js";
 import { field, fmtTime, h, mount, select, shortId } from "../dom.js";
-import { checkpointOptions, on, state } from "../state.js";
+import { checkpointOptions, experiment, on, state } from "../state.js";
 import { reportError } from "../toast.js";
 import { statusBadge } from "./experiment.js";
 
@@ -17,30 +17,12 @@ const ENABLED = {
 const MAX_LOG_LINES = 5000;
 const LEVEL = /\b(ERROR|CRITICAL|Traceback|WARNING)\b/;
 
-/** Flat `KEY: value` pairs of a config YAML (Tidal configs are flat; comments and nesting are ignored). */
-function flatYaml(text) {
-  const out = {};
-  for (const m of text.matchAll(/^([A-Za-z0-9_]+):[ \t]*([^#\n]*?)[ \t]*(?:#.*)?$/gm)) if (m[2]) out[m[1]] = m[2].replace(/^["']|["']$/g, "");
-  return out;
-}
-
-const sameValue = (a, b) => (a.trim() !== "" && !Number.isNaN(Number(a)) ? Number(a) === Number(b) : a.toLowerCase() === b.toLowerCase());
-
-/** The plugin config an LM checkpoint was trained with (train_rl needs it to rebuild the model): the one that
- * differs least from the config saved in the checkpoint's run. The run's copy is re-dumped, so compare values. */
-async function configOfCheckpoint(checkpointPath, files) {
-  const run = checkpointPath.split("/")[1];
-  const saved = (await api(expUrl(run, "config"))).files.find((f) => !f.filename.startsWith("rl"));
-  if (!saved) return null;
-  const want = flatYaml(saved.content);
-  let best = null, fewest = Infinity;
-  for (const file of files) {
-    const have = flatYaml((await api(`/api/plugins/tidal/configs/${encodeURIComponent(file)}`)).content);
-    const common = Object.keys(want).filter((k) => k in have);
-    const diff = common.filter((k) => !sameValue(want[k], have[k])).length;
-    if (common.length && diff < fewest) [best, fewest] = [file, diff];
-  }
-  return best;
+/** The plugin config an LM checkpoint was trained with (train_rl rebuilds the model from it): the run's metadata
+ * names it (`configPath`), and it is offered when it is one of the plugin's configs. */
+function configOfCheckpoint(checkpointPath, files) {
+  const run = experiment(checkpointPath.split("/")[1]);
+  const file = run?.configPath?.split("/").pop();
+  return files.includes(file) ? file : null;
 }
 
 function startForm(route, onStarted) {
@@ -73,11 +55,11 @@ function startForm(route, onStarted) {
     matchConfig();
   }
   const configHint = h("small", { class: "muted" });
-  async function matchConfig() {
+  function matchConfig() {
     configHint.textContent = "";
-    if (!("checkpoint" in (phase()?.args || {})) || !checkpoint.value || !configs.lm.length) return;
-    const file = await configOfCheckpoint(checkpoint.value, configs.lm).catch(() => null);
-    if (file && phase()?.args && "checkpoint" in phase().args) {
+    if (!("checkpoint" in (phase()?.args || {})) || !checkpoint.value) return;
+    const file = configOfCheckpoint(checkpoint.value, configs.lm);
+    if (file) {
       config.value = `configs/${file}`;
       configHint.textContent = "the config this checkpoint was trained with";
     }

@@ -1,7 +1,7 @@
 // Charts tab of an experiment: metric cards and live charts (LM or RL), smoothing, log scale, compare overlays.
 // History comes from /metrics sized to the chart's pixel width (server min/max bucketing); live SSE records are
 // appended in place; a resize or a much longer series triggers one re-request at the new resolution.
-import { api, expUrl, fetchMetrics } from "../api.js";
+import { fetchMetrics } from "../api.js";
 import { Chart, chartsAvailable, colour } from "../charts.js";
 import { debounce, fmtDuration, fmtNum, h, shortId } from "../dom.js";
 import { SeriesStore, smooth } from "../series.js";
@@ -47,24 +47,14 @@ const SPECS = {
   },
 };
 
-/** RL progress needs the run's RL_TOTAL_TIMESTEPS, which only its saved config knows. */
-async function totalTimesteps(id) {
-  const { files } = await api(expUrl(id, "config"));
-  for (const f of files) {
-    const m = /^RL_TOTAL_TIMESTEPS:\s*([\d_e.+]+)/m.exec(f.content);
-    if (m) return Number(m[1].replaceAll("_", ""));
-  }
-  return undefined;
-}
-
 export function renderMetrics(root, exp, streamReady = Promise.resolve()) {
   const spec = SPECS[exp.type] || SPECS.lm;
   if (!chartsAvailable()) {
     root.append(h("div", { class: "notice" }, "Charts are unavailable: uPlot could not be loaded from /vendor/uplot/. Run ", h("code", {}, "make setup"), " and reload."));
     return {};
   }
-  const keys = [...new Set([...spec.cards.map((c) => c.key), ...spec.charts.flatMap((c) => [c.key, ...(c.extra || []).map((e) => e.key)])])].filter((k) => k !== "progress");
-  let store = new SeriesStore(spec.xKey), others = new Map(), pending = null, fetchedWidth = 0, total, frame = 0, seq = 0;
+  const keys = [...new Set([...spec.cards.map((c) => c.key), ...spec.charts.flatMap((c) => [c.key, ...(c.extra || []).map((e) => e.key)])])];
+  let store = new SeriesStore(spec.xKey), others = new Map(), pending = null, fetchedWidth = 0, frame = 0, seq = 0;
   const controller = new AbortController();
 
   // ---- controls, cards, charts
@@ -99,7 +89,6 @@ export function renderMetrics(root, exp, streamReady = Promise.resolve()) {
       store = stores[0];
       for (const rec of pending) store.add(rec); // records that arrived while the history was in flight
       others = new Map(ids.slice(1).map((id, i) => [id, stores[i + 1]]));
-      if (exp.type === "rl" && total === undefined) total = await totalTimesteps(exp.id).catch(() => null);
     } catch (err) {
       if (err.name !== "AbortError") reportError(err);
     }
@@ -115,7 +104,7 @@ export function renderMetrics(root, exp, streamReady = Promise.resolve()) {
 
   function draw() {
     for (const c of cards) {
-      const v = c.key === "progress" ? (total ? store.lastX() / total : undefined) : store.last(c.key);
+      const v = store.last(c.key);
       c.value.textContent = c.fmt ? c.fmt(v) : fmtNum(v);
       c.sub.textContent = store.longest() ? `${spec.xKey} ${fmtNum(store.get(c.key).x.at(-1) ?? store.lastX())}` : "";
     }
