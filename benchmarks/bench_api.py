@@ -88,34 +88,71 @@ def wait_up(url: str, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-async def load(url: str, clients: int, duration: float) -> dict:
-    """`clients` concurrent clients, each sending requests back to back for `duration` seconds.
+async def load(urls: str | list[str], clients: int, duration: float) -> dict:
+    """`clients` concurrent clients, each sending requests back to back for `duration` seconds (client i cycles
+    through `urls` from the i-th one, so a list gives a mixed load).
     The clients are made (and their connections opened) before the clock starts: building an httpx client
     costs tens of ms of CPU, which would otherwise dominate a short run on 2 cores."""
-    done, errors, latencies = 0, 0, []
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    done, errors, server_errors, latencies = 0, 0, 0, []
+    statuses: dict[int, int] = {}
     pool = [httpx.AsyncClient(timeout=30, verify=False) for _ in range(clients)]
-    await asyncio.gather(*(c.get(url) for c in pool))  # warm: connect once
+    await asyncio.gather(*(c.get(urls[0]) for c in pool))  # warm: connect once
 
-    async def client(c: httpx.AsyncClient, stop_at: float):
-        nonlocal done, errors
+    async def client(i: int, c: httpx.AsyncClient, stop_at: float):
+        nonlocal done, errors, server_errors
+        n = i
         while time.perf_counter() < stop_at:
+            url = urls[n % len(urls)]
+            n += 1
             t = time.perf_counter()
             try:
                 r = await c.get(url)
-                r.raise_for_status()
+            except httpx.HTTPError:
+                errors += 1
+                continue
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            if r.status_code >= 500:
+                server_errors += 1
+            if r.is_success:
                 done += 1
                 latencies.append(time.perf_counter() - t)
-            except httpx.HTTPError:
+            else:
                 errors += 1
 
     start = time.perf_counter()
-    await asyncio.gather(*(client(c, start + duration) for c in pool))
+    await asyncio.gather(*(client(i, c, start + duration) for i, c in enumerate(pool)))
     elapsed = time.perf_counter() - start
     await asyncio.gather(*(c.aclose() for c in pool))
     latencies.sort()
-    return {"rps": done / elapsed, "requests": done, "errors": errors,
+    return {"rps": done / elapsed, "requests": done, "errors": errors, "server_errors": server_errors,
+            "statuses": statuses,
             "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
             "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else None}
+
+
+async def sse_events(client: httpx.AsyncClient, url: str, headers: dict | None = None):
+    """(event, data) of each event of one Server-Sent Events connection, as they arrive (comments skipped)."""
+    async with client.stream("GET", url, headers=headers) as response:
+        response.raise_for_status()
+        event, data = None, None
+        async for line in response.aiter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+            elif line == "":
+                if event is not None:
+                    yield event, data
+                event, data = None, None
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MiB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 async def sse_latency(base: str, redis_url: str, root: Path, clients: int, records: int, rate: float) -> dict:
@@ -132,25 +169,18 @@ async def sse_latency(base: str, redis_url: str, root: Path, clients: int, recor
         nonlocal connected, errors
         try:
             async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=None), verify=False) as c:
-                async with c.stream("GET", url) as response:
-                    event, data, subscribed = None, None, False
-                    async for line in response.aiter_lines():
-                        if line.startswith("event:"):
-                            event = line[6:].strip()
-                        elif line.startswith("data:"):
-                            data = line[5:].strip()
-                        elif line == "":
-                            if event == "heartbeat" and not subscribed:  # the subscription is in place
-                                subscribed = True
-                                connected += 1
-                                if connected == clients:
-                                    ready.set()
-                            elif event == "metrics":
-                                latencies.append(time.time() - json.loads(data)["timestamp"])
-                                received[i] += 1
-                                if received[i] >= records:
-                                    return
-                            event, data = None, None
+                subscribed = False
+                async for event, data in sse_events(c, url):
+                    if event == "heartbeat" and not subscribed:  # the subscription is in place
+                        subscribed = True
+                        connected += 1
+                        if connected == clients:
+                            ready.set()
+                    elif event == "metrics":
+                        latencies.append(time.time() - json.loads(data)["timestamp"])
+                        received[i] += 1
+                        if received[i] >= records:
+                            return
         except httpx.HTTPError:
             errors += 1
 

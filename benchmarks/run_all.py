@@ -1,6 +1,6 @@
 """Run every benchmark, then rewrite the README's performance table from their results.
 
-    python benchmarks/run_all.py            # all benchmarks (~15 min on a 2-core CPU), then the README table
+    python benchmarks/run_all.py            # all benchmarks (~20 min on a 2-core CPU), then the README table
     python benchmarks/run_all.py --table    # only rebuild the table from benchmarks/results/*.json
 
 Each benchmark runs Tidal and a reference side by side in one process and writes JSON to benchmarks/results/; the
@@ -26,6 +26,9 @@ BENCHMARKS = [
     ["benchmarks/bench_rl.py"],
     ["benchmarks/bench_api.py", "--json", str(RESULTS / "bench_api.json")],
     ["benchmarks/bench_metrics_logger.py"],
+    # the full 60 s x 3 rounds figures in RELIABILITY.md come from a direct run; 20 s rounds keep `make bench` short
+    ["benchmarks/bench_load.py", "--duration", "20", "--json", str(RESULTS / "bench_load.json")],
+    ["benchmarks/bench_client.py", "--json", str(RESULTS / "bench_client.json")],
 ]
 
 
@@ -82,6 +85,22 @@ def table() -> str:
         rows.append(f"| MetricsLogger overhead per training step (worst of Redis up / down / disk only) | "
                     f"**{logger['worst_overhead_pct']:.2f} %** of a ~30 ms step | the same step without logging | — | "
                     f"< {logger['requirement_pct']:g} % |")
+    load_run = load("bench_load.json")
+    if load_run:
+        rounds, a = load_run["rounds"], load_run["args"]
+        worst = max(r["api"]["p99_ms"] for r in rounds)
+        rows.append(f"| Sustained load: {a['api_clients']} API + {a['sse_clients']} SSE clients, "
+                    f"{len(rounds)} rounds × {a['duration']:g} s ({sum(r['api']['server_errors'] for r in rounds)} "
+                    f"5xx, server RSS {rounds[0]['rss_mb']:.0f} → {rounds[-1]['rss_mb']:.0f} MiB) | p50 "
+                    f"{max(r['api']['p50_ms'] for r in rounds):.0f} ms, p99 **{worst:.0f} ms** (worst round) "
+                    f"| — | — | 0 5xx, RSS growth ≤ 10 % |")
+    client = load("bench_client.json")
+    if client:
+        long, short = client["long"], client["short"]
+        rows.append(f"| Web client: first paint of the loss chart, {client['steps']:,}-step run (Chromium; cold "
+                    f"{long['cold_ms']:,.0f} ms, {long['points_plotted']} points plotted) | {long['warm_ms']:,.0f} ms | "
+                    f"1,000-step run: {short['warm_ms']:,.0f} ms | **{client['ratio_warm']:.2f}×** | "
+                    f"≤ {client['target_ratio']:g}× |")
     machine = (model or {}).get("machine") or platform.processor()
     rows.append("")
     rows.append(f"Machine: {platform.machine()} {machine}; Python {platform.python_version()}. "

@@ -192,6 +192,110 @@ class DashboardServer:
         self.stop()
 
 
+class DashboardProcess:
+    """`python -m dashboard` in a child process, as it runs in production (its own interpreter, uvicorn, and the
+    embedded Redis when `redis_url` is None), with everything it prints kept in `output()`.
+
+    `env` adds to (or, with None values, removes from) the environment; the token is DASHBOARD_TOKEN unless `env`
+    says otherwise. `start()` returns once /api/health answers; `kill()` is a SIGKILL (a crash), `stop()` a SIGTERM.
+    """
+
+    def __init__(self, experiments_dir, redis_url: str | None = None, port: int | None = None,
+                 env: dict | None = None, args: tuple = (), log_level: str = "info"):
+        self.experiments_dir = Path(experiments_dir)
+        self.redis_url = redis_url
+        self.port = port or free_port()
+        self.extra_env = env or {}
+        self.args = args
+        self.log_level = log_level
+        self.process: subprocess.Popen | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix="tidal-dashboard-", suffix=".log", delete=False)
+        self._log.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def environment(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if k not in ("TIDAL_AUTH_TOKEN", "REDIS_URL", "HOST", "PORT")}
+        env.update(TIDAL_AUTH_TOKEN=DASHBOARD_TOKEN, EXPERIMENTS_DIR=str(self.experiments_dir), PYTHONUNBUFFERED="1")
+        if self.redis_url:
+            env["REDIS_URL"] = self.redis_url
+        for key, value in self.extra_env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env
+
+    def start(self, timeout: float = 60.0) -> "DashboardProcess":
+        with open(self._log.name, "ab") as log:
+            self.process = subprocess.Popen(
+                [PYTHON, "-m", "dashboard", "--port", str(self.port), "--log-level", self.log_level, *self.args],
+                cwd=PROJECT_ROOT, env=self.environment(), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT)
+        wait_for(lambda: self.process.poll() is not None or http_ok(self.url + "/api/health"), timeout,
+                 interval=0.1, message="python -m dashboard to serve")
+        if self.process.poll() is not None:
+            raise RuntimeError(f"python -m dashboard exited with {self.process.returncode}:\n{self.output()}")
+        return self
+
+    def output(self) -> str:
+        return Path(self._log.name).read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs (the workers and the embedded Redis are in sessions of their own)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def close(self) -> None:
+        self.stop()
+        Path(self._log.name).unlink(missing_ok=True)
+
+    def __enter__(self) -> "DashboardProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return "Z" not in f.read().split(")")[-1].split()[0]
+    except OSError:
+        return False
+
+
+def kill_job_processes(jobs) -> None:
+    """SIGKILL the process groups of the workers (and so their trainers) of these job records, if still alive:
+    test clean-up for jobs whose dashboard was killed or stopped before them."""
+    import signal
+
+    for job in jobs:
+        for pid in (job.get("workerPid"), job.get("childPid")):
+            if pid:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+
 def auth_headers(token: str = DASHBOARD_TOKEN, **extra) -> dict:
     return {"Authorization": f"Bearer {token}", **extra}
 
@@ -298,7 +402,8 @@ class SSEClient:
 
 
 # A stand-in trainer for worker tests: it honours the trainer contract (SIGUSR1 = finish gracefully and exit 0,
-# SIGTERM = checkpoint and exit) without a model. Its --config YAML sets STEPS, SLEEP, EXIT_CODE, IGNORE_TERM.
+# SIGTERM = checkpoint and exit) without a model. Its --config YAML sets STEPS, SLEEP, EXIT_CODE, IGNORE_TERM,
+# METRICS and PRINT_ENV.
 FAKE_TRAINER = r'''
 import os, signal, sys, time
 import yaml
@@ -314,6 +419,9 @@ signal.signal(signal.SIGUSR1, on_usr1)
 signal.signal(signal.SIGTERM, on_term)
 print("fake trainer start", " ".join(args), "experiment", os.environ.get("TIDAL_EXPERIMENT_ID"), flush=True)
 print("token visible:", "TIDAL_AUTH_TOKEN" in os.environ, flush=True)
+if config.get("PRINT_ENV"):  # security tests read the trainer's whole environment from the job log
+    for key in sorted(os.environ):
+        print(f"env {key}={os.environ[key]}", flush=True)
 logger = None
 if config.get("METRICS"):
     from MetricsLogger import MetricsLogger

@@ -1,5 +1,6 @@
 """Bad input never reaches the filesystem or the model and never becomes a 500: confined paths (400), unknown job
-types (400 listing the valid ones), oversized bodies (413), invalid fields (422 naming them), unknown ids (404)."""
+types (400 listing the valid ones), oversized bodies (413), invalid fields (422 naming them), unknown ids (404),
+odd prompts and broken checkpoint files (a tiny real model)."""
 from __future__ import annotations
 
 import json
@@ -8,9 +9,11 @@ import socket
 import unittest
 
 
-from tests.support import LiveDashboardTestCase, auth_headers
+from tests.support import LiveDashboardTestCase, auth_headers, write_tiny_experiment
 
 EXP = "20260101-120000-commit_nogit-config_0123456789"
+MODEL_EXP = "20260101-130000-commit_nogit-config_0123456789"
+MODEL_CKPT = f"experiments/{MODEL_EXP}/transformer-lm_v1.0.0.pth"
 
 
 class BadInputTest(LiveDashboardTestCase):
@@ -171,6 +174,73 @@ class BadInputTest(LiveDashboardTestCase):
                          json={"status": "completed"})  # provisioning -> completed is not a legal move
         finally:
             self.http.post(f"/api/jobs/{job_id}/cancel", headers=auth_headers())
+
+
+class ModelInputTest(LiveDashboardTestCase):
+    """Input that reaches a real (tiny) model: odd prompts generate or are refused cleanly; a checkpoint file that is
+    empty, truncated or not a checkpoint is the client's choice of file, so a 400 naming it, never a 500."""
+
+    @classmethod
+    def populate(cls, experiments):
+        exp = write_tiny_experiment(experiments, MODEL_EXP, steps=1, checkpoint=True)
+        weights = (exp / "transformer-lm_v1.0.0.pth").read_bytes()
+        (exp / "empty.pth").write_bytes(b"")
+        (exp / "truncated.pth").write_bytes(weights[:len(weights) // 2])
+        (exp / "garbage.pth").write_bytes(bytes(range(256)) * 8)
+        (exp / "header-only.pth").write_bytes(weights[:64])
+
+    def generate(self, **body):
+        return self.http.post("/api/generate", json={"checkpoint": MODEL_CKPT, "prompt": "Once", "maxTokens": 10,
+                                                     "seed": 0, **body})
+
+    def test_unicode_and_control_characters_in_prompts(self):
+        for prompt in ["\x00\x01\x1b[31m\x7f", "line\r\nbreak\ttab", "\u202eevil\u202c", "😀👩‍👩‍👧 e\u0301",
+                       "日本語のテキスト", "\ufeff\u200b\u2028", "é" * 4000]:
+            with self.subTest(prompt=prompt[:20]):
+                r = self.generate(prompt=prompt)
+                self.assertEqual(r.status_code, 200, r.text)
+                self.assertIsInstance(r.json()["text"], str)
+        r = self.generate(prompt=" \t\n")
+        self.assertEqual((r.status_code, r.json()["error"]), (400, "the prompt is empty"))
+        # a lone surrogate is valid JSON but not text
+        r = self.http.post("/api/generate", content=b'{"checkpoint": "%s", "prompt": "\\ud800x", "maxTokens": 10}'
+                           % MODEL_CKPT.encode(),
+                           headers={"Content-Type": "application/json"})
+        self.assertEqual((r.status_code, r.json()["detail"][0]["field"]), (422, "body.prompt"), r.text)
+
+    def test_negative_huge_and_non_finite_parameters_are_422_naming_the_field(self):
+        cases = [("maxTokens", 10**30), ("maxTokens", -1), ("maxTokens", 0), ("temperature", -1.0),
+                 ("temperature", 1e308), ("topK", -5), ("topP", -0.1), ("topP", 0), ("seed", -1), ("seed", 2**31),
+                 ("modulation", -0.5), ("maxTokens", 10.5), ("maxTokens", "10")]
+        for field, value in cases:
+            with self.subTest(field=field, value=value):
+                r = self.generate(**{field: value})
+                self.assertEqual(r.status_code, 422, r.text)
+                self.assertEqual(r.json()["detail"][0]["field"], f"body.{field}")
+        for literal in (b"NaN", b"Infinity", b"-Infinity", b"1e999"):
+            with self.subTest(literal=literal):
+                r = self.http.post("/api/generate", headers={"Content-Type": "application/json"}, content=(
+                    b'{"checkpoint": "%s", "prompt": "x", "temperature": %s}' % (MODEL_CKPT.encode(), literal)))
+                self.assertEqual(r.status_code, 422, r.text)
+                self.assertEqual(r.json()["detail"][0]["field"], "body.temperature")
+        r = self.http.post("/api/analyze-trajectories", json={"checkpoint": MODEL_CKPT, "prompts": ["a"],
+                                                               "samplesPerPrompt": 10**9})
+        self.assertEqual((r.status_code, r.json()["detail"][0]["field"]), (422, "body.samplesPerPrompt"))
+
+    def test_broken_checkpoint_files_are_400_naming_the_file(self):
+        for name in ("empty.pth", "truncated.pth", "garbage.pth", "header-only.pth"):
+            for path in ("/api/generate", "/api/analyze-trajectories"):
+                with self.subTest(file=name, route=path):
+                    body = {"checkpoint": f"experiments/{MODEL_EXP}/{name}"}
+                    body.update({"prompt": "Once"} if path == "/api/generate" else {"prompts": ["Once"]})
+                    if name == "empty.pth":  # torch's error has no message: the server logs the traceback
+                        with self.assertLogs("tidal.dashboard.generation", "WARNING"):
+                            r = self.http.post(path, json=body)
+                    else:
+                        r = self.http.post(path, json=body)
+                    self.assertEqual(r.status_code, 400, r.text)
+                    self.assertIn(name, r.json()["error"])
+                    self.assertNotIn("Traceback", r.text)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """Rate limiting of /api/generate and /api/analyze-trajectories: a Redis token bucket (5, one per 6 s) per client
-IP, headers on every answer, and failing open fast when Redis is down."""
+IP, shared by every server process on that Redis, blind to forwarding headers unless a proxy is trusted, with
+headers on every answer, and failing open fast when Redis is down."""
 from __future__ import annotations
 
+import threading
 import time
 import unittest
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.support import DashboardServer, RedisTestCase, dashboard_settings, wait_for
+from tests.support import DashboardProcess, DashboardServer, RedisTestCase, dashboard_settings, wait_for
 
 
 class RateLimitTest(RedisTestCase):
@@ -58,6 +60,50 @@ class TokenBucketTest(RateLimitTest):
         for i in range(5):
             self.hit(headers={"X-Forwarded-For": f"10.0.0.{i}"})
         self.assertEqual(self.hit(headers={"X-Forwarded-For": "10.0.0.99"}).status_code, 429)
+
+
+class TwoServerProcessesTest(RedisTestCase):
+    """Two `python -m dashboard` processes (as deployed: uvicorn, no proxy trusted) share one Redis. Concurrent
+    bursts from one client to both, each request claiming another client in every forwarding header, are admitted
+    exactly to the bucket's capacity in total: the bucket lives in Redis (one atomic script), not in a process."""
+
+    BURST = 24
+    SPOOFED = ("X-Forwarded-For", "X-Real-IP", "Forwarded", "True-Client-IP", "CF-Connecting-IP")
+
+    def test_the_bucket_is_shared_and_spoofed_headers_buy_nothing(self):
+        servers = [DashboardProcess(self.tmp / "experiments", self.redis_url, log_level="warning").start()
+                   for _ in range(2)]
+        for server in servers:
+            self.addCleanup(server.close)
+        clients = [httpx.Client(base_url=s.url, timeout=30) for s in servers]
+        for client in clients:
+            self.addCleanup(client.close)
+        barrier = threading.Barrier(self.BURST)
+
+        def hit(i):
+            spoofed = f"198.51.100.{i}"
+            headers = {name: (f"for={spoofed}" if name == "Forwarded" else spoofed) for name in self.SPOOFED}
+            barrier.wait()
+            # admitted requests fail later on the missing checkpoint: no model is needed to count admissions
+            return clients[i % 2].post("/api/generate", headers=headers,
+                                       json={"checkpoint": "experiments/none/model.pth", "prompt": "x"})
+
+        with ThreadPoolExecutor(self.BURST) as pool:
+            responses = list(pool.map(hit, range(self.BURST)))
+        admitted = [r for r in responses if r.status_code != 429]
+        self.assertEqual(len(admitted), 5, sorted(r.status_code for r in responses))
+        self.assertEqual({r.status_code for r in admitted}, {400})
+        for r in responses:
+            self.assertEqual(r.headers["x-ratelimit-limit"], "5")
+            if r.status_code == 429:
+                self.assertTrue(1 <= int(r.headers["retry-after"]) <= 6, r.headers["retry-after"])
+        # both processes admitted and refused: the decision was not per process
+        by_server = {i % 2: [] for i in range(2)}
+        for i, r in enumerate(responses):
+            by_server[i % 2].append(r.status_code)
+        for server, codes in by_server.items():
+            with self.subTest(server=server):
+                self.assertIn(429, codes)
 
 
 class TrustedProxyTest(RateLimitTest):

@@ -137,6 +137,34 @@ class ReadToolsTest(DashboardTestCase):
         self.assertIn("not found", self.error("get_config", filename="missing.yaml"))
         self.assertIn("not found", self.error("get_jobs", job_id="job-doesnotexist"))
 
+    def test_bad_arguments_are_readable_tool_errors(self):
+        """Wrong types, missing or unknown arguments, traversal and control characters: a tool error naming the
+        problem (checked by the tool's schema, or by the dashboard through an escaped path), never a crash."""
+        cases = [("get_metrics", {"experiment_id": DONE, "max_points": "many"}, "max_points"),
+                 ("get_metrics", {"experiment_id": DONE, "mode": "all"}, "mode"),
+                 ("get_metrics", {}, "experiment_id"),
+                 ("get_job_logs", {"job_id": "job-x", "offset": -1}, "offset"),
+                 ("signal_job", {"job_id": "job-x", "signal": "kill"}, "signal"),
+                 # an escaped "/" keeps a traversal inside one path segment: no route matches it
+                 ("get_status", {"experiment_id": "../../etc/passwd"}, "not found"),
+                 ("get_status", {"experiment_id": f"{DONE}/../{RUNNING}"}, "not found"),
+                 ("get_status", {"experiment_id": "..\x00"}, "invalid experiment id"),
+                 ("get_jobs", {"job_id": "job-x/../../experiments"}, "not found"),
+                 ("get_jobs", {"job_id": "job x;id"}, "invalid job id"),
+                 ("get_config", {"filename": "../manifest.yaml"}, "config"),
+                 ("create_job", {"type": "lm-training", "config_path": "../../etc/passwd"}, "configPath"),
+                 ("create_job", {"type": "lm-training", "config_path": "configs/base_config.yaml;id"}, "configPath"),
+                 ("generate_text", {"checkpoint": CKPT, "prompt": "x", "max_tokens": 10**12}, "max_tokens"),
+                 ("generate_text", {"checkpoint": "/etc/passwd", "prompt": "x"}, "checkpoint")]
+        for tool, arguments, fragment in cases:
+            with self.subTest(tool=tool, arguments=arguments):
+                message = self.error(tool, **arguments)
+                self.assertIn(fragment, message)
+                self.assertNotIn("Traceback", message)
+        result = mcp_call(self.mcp(), "no_such_tool", {})
+        self.assertTrue(result.is_error)
+        self.assertIn("no_such_tool", mcp_text(result))
+
     def test_an_unreachable_dashboard_is_named(self):
         url = f"http://127.0.0.1:{free_port()}"
         message = self.error("list_experiments", url=url)

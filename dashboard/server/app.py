@@ -71,6 +71,9 @@ def _start_embedded_redis(settings: Settings):
     port = None
     try:
         port = int(port_file.read_text().strip())
+        adopted = _adopt_embedded_redis(port, data_dir)
+        if adopted is not None:
+            return adopted
         import socket
 
         with socket.socket() as s:
@@ -81,6 +84,36 @@ def _start_embedded_redis(settings: Settings):
     port_file.write_text(str(server.port))
     log.info("embedded Redis at %s (data in %s)", server.url, data_dir)
     return server
+
+
+class _AdoptedRedis:
+    """The embedded Redis of a dashboard that died without stopping it (SIGKILL): its workers still write there."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    def stop(self) -> None:
+        import redis
+
+        try:
+            redis.Redis(port=self.port, socket_timeout=5).shutdown()
+        except (redis.RedisError, OSError):
+            pass
+
+
+def _adopt_embedded_redis(port: int, data_dir: Path):
+    import redis
+
+    try:
+        with redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1) as client:
+            running_dir = client.config_get("dir").get("dir")
+    except (redis.RedisError, OSError):
+        return None
+    if running_dir is None or Path(running_dir).resolve() != data_dir.resolve():
+        return None
+    log.warning("reattached to the embedded Redis left running at port %d (%s)", port, data_dir)
+    return _AdoptedRedis(port)
 
 
 async def start_services(settings: Settings, registry: PluginRegistry) -> Services:

@@ -104,3 +104,40 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
+    _document_error_answers(app)
+
+
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+_FASTAPI_422_REF = "#/components/schemas/HTTPValidationError"
+
+
+def _document_error_answers(app: FastAPI) -> None:
+    """Make /openapi.json describe the error answers the handlers above really send (clients and schemathesis
+    trust it): FastAPI documents its own 422 body (HTTPValidationError), but ours is ErrorResponse; and every
+    non-GET route may answer 413 (the body limit runs before routing)."""
+    from .models import ErrorResponse
+
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.setdefault("ErrorResponse", ErrorResponse.model_json_schema(
+            ref_template="#/components/schemas/{model}"))
+        error_content = {"application/json": {"schema": _ERROR_REF}}
+        for operations in schema.get("paths", {}).values():
+            for method, operation in operations.items():
+                responses = operation.setdefault("responses", {})
+                for answer in responses.values():
+                    json_schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+                    if json_schema.get("$ref") == _FASTAPI_422_REF:
+                        answer["content"] = error_content
+                if method not in ("get", "head", "options"):
+                    responses.setdefault("413", {"description": "Request body too large", "content": error_content})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        return schema
+
+    app.openapi = openapi

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from plugins.tidal.Utils import TidalError
+from plugins.tidal.Utils import TidalError, describe_exception
 
 GateSignals = torch.Tensor | None
 
@@ -436,7 +436,7 @@ def read_checkpoint(source: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/corrupt files
-        raise TidalError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise TidalError(f"{path}: not a readable checkpoint ({describe_exception(exc)})") from None
 
 
 def load_model_weights(model: nn.Module, source: str | Path | dict) -> nn.Module:

@@ -33,6 +33,13 @@ class ConfigError(TidalError, ValueError):
     pass
 
 
+def describe_exception(exc: BaseException, limit: int = 200) -> str:
+    """`Type: first line of the message` (just `Type` when there is none: torch raises a bare EOFError for an empty
+    file), for one-line errors built from library exceptions."""
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0][:limit]}" if lines and lines[0] else type(exc).__name__
+
+
 class _YamlLoader(yaml.SafeLoader):
     """SafeLoader that also reads YAML 1.2 floats such as `1e-6` (PyYAML's 1.1 rules make them strings)."""
 

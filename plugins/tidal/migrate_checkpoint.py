@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from plugins.tidal.Utils import TidalError, atomic_torch_save, cli_main
+from plugins.tidal.Utils import TidalError, atomic_torch_save, cli_main, describe_exception
 
 # Any key ending in a DynamicGate's first Linear weight (also under `_orig_mod.` or `module.` prefixes).
 GATE_INPUT_WEIGHT = re.compile(r"(^|\.)(attn_gate|ffn_gate)\.net\.0\.weight$")
@@ -49,7 +49,7 @@ def _read_state_dict(path: Path) -> tuple[Mapping[str, torch.Tensor], Callable[[
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # an arbitrary file can fail to unpickle in many ways; all mean "not a checkpoint"
-        raise TidalError(f"cannot read {path} as a torch checkpoint: {str(exc).splitlines()[0]}") from None
+        raise TidalError(f"cannot read {path} as a torch checkpoint: {describe_exception(exc)}") from None
     if isinstance(loaded, Mapping) and "model_state_dict" in loaded:
         state_dict, rewrap = loaded["model_state_dict"], lambda migrated: {**loaded, "model_state_dict": migrated}
     else:

@@ -7,10 +7,11 @@ from fastapi import APIRouter, Depends
 
 from ..deps import get_services
 from ..errors import NotFound
-from ..models import ConfigFileResponse, ConfigListResponse, PluginsResponse
+from ..models import ConfigFileResponse, ConfigListResponse, ErrorResponse, PluginsResponse
 from ..services.paths import CONFIG_FILE_RE, check_config_filename
 
-router = APIRouter(prefix="/api/plugins", tags=["plugins"])
+router = APIRouter(prefix="/api/plugins", tags=["plugins"],
+                   responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
 
 
 def _manifest(services, name: str):

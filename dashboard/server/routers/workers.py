@@ -16,8 +16,8 @@ from ..models import (ErrorResponse, ExperimentIdRequest, IngestResponse, JobRes
 from ..services.paths import check_experiment_id, check_job_id
 
 router = APIRouter(prefix="/api/workers/{job_id}", tags=["workers"], dependencies=[Depends(require_auth)],
-                   responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-                              409: {"model": ErrorResponse}})
+                   responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
+                              404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
 
 METRICS_STREAM_MAXLEN = 50_000
 

@@ -5,6 +5,7 @@ going, experiments whose files live on another machine). Every id is validated b
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections import OrderedDict
@@ -37,6 +38,7 @@ class ExperimentService:
         self.root = settings.experiments_dir
         self.tail = JsonlTail()
         self._responses: OrderedDict[tuple, bytes] = OrderedDict()
+        self._computing: dict[tuple, asyncio.Future] = {}
 
     # ---- helpers
     def dir_of(self, exp_id: str) -> Path:
@@ -154,12 +156,25 @@ class ExperimentService:
         if version is not None and cache_key in self._responses:
             self._responses.move_to_end(cache_key)
             return self._responses[cache_key]
-        body = await anyio.to_thread.run_sync(self._metrics_body, exp_id, records, mode, window, max_points, keys,
-                                              source)
-        if version is not None:
-            self._responses[cache_key] = body
-            while len(self._responses) > 64:
-                self._responses.popitem(last=False)
+        if version is None:
+            return await anyio.to_thread.run_sync(self._metrics_body, exp_id, records, mode, window, max_points,
+                                                  keys, source)
+        # Single flight: while a run is being written, every poller of its chart asks for the same new version at
+        # once; one computation (a task of its own, so a client that disconnects cannot cancel it) serves them all.
+        task = self._computing.get(cache_key)
+        if task is None:
+            task = asyncio.ensure_future(self._compute_metrics(cache_key, exp_id, records, mode, window, max_points,
+                                                               keys, source))
+            self._computing[cache_key] = task
+            task.add_done_callback(lambda t: (self._computing.pop(cache_key, None),
+                                              t.cancelled() or t.exception()))  # an error nobody awaited is seen
+        return await asyncio.shield(task)
+
+    async def _compute_metrics(self, cache_key, *args) -> bytes:
+        body = await anyio.to_thread.run_sync(self._metrics_body, *args)
+        self._responses[cache_key] = body
+        while len(self._responses) > 64:
+            self._responses.popitem(last=False)
         return body
 
     def _metrics_body(self, exp_id, records, mode, window, max_points, keys, source) -> bytes:

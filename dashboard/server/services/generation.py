@@ -54,12 +54,29 @@ class ModelCache:
                 from plugins.tidal.Generator import load_generator
             except ImportError as exc:
                 raise Unavailable("text generation is not available on this host", detail=str(exc)) from None
-            handle = load_generator(config, checkpoint, rl_checkpoint, device="cpu")
+            handle = _load(load_generator, config, checkpoint, rl_checkpoint)
             self.loads += 1
             self._items[key] = handle
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
             return handle
+
+
+def _load(load_generator, config: Path, checkpoint: Path, rl_checkpoint: Path | None):
+    """Load a generator; a file torch cannot read is the client's choice of file, so a 400 naming it. torch raises
+    many types for an empty, truncated or foreign file (some with no message), so anything but a TidalError (already
+    a clear message) is caught here, with its traceback logged in case it was not the file."""
+    from plugins.tidal.Utils import TidalError
+
+    try:
+        return load_generator(config, checkpoint, rl_checkpoint, device="cpu")
+    except (TidalError, ValueError, MemoryError):
+        raise
+    except Exception as exc:
+        log.warning("loading %s failed", checkpoint, exc_info=True)
+        names = " / ".join(p.name for p in (checkpoint, rl_checkpoint) if p is not None)
+        raise BadRequest(f"{names}: not a loadable checkpoint ({type(exc).__name__})",
+                         detail={"field": "checkpoint"}) from None
 
 
 class GenerationService:

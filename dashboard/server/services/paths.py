@@ -1,12 +1,14 @@
 """Path confinement: every path from a request resolves inside the configs directories or the experiments root.
 
-Rules (ADR 0007): no `..` component, no NUL, absolute paths only when they lie inside an allowed root, and the
-*resolved* path (symlinks followed) must stay inside it, so a symlink pointing outside is refused too.
+Rules (ADR 0007): no `..` component, no control or shell metacharacters, absolute paths only when they lie inside an
+allowed root, and the *resolved* path (symlinks followed) must stay inside it, so a symlink pointing outside is refused
+too.
 Violations raise `PathRejected` (HTTP 400) naming the field.
 """
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path, PurePosixPath
 
 from ..errors import BadRequest, NotFound
@@ -15,6 +17,7 @@ from experiment_utils import is_valid_experiment_id
 CONFIG_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.ya?ml$")
 CHECKPOINT_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}\.pth$")
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+SHELL_METACHARACTERS = frozenset(";&|$`<>(){}[]*?!'\"")
 
 
 class PathRejected(BadRequest):
@@ -31,6 +34,11 @@ def _basic_checks(field: str, raw: str) -> PurePosixPath:
         raise PathRejected(field, "must be a non-empty path")
     if "\x00" in raw or len(raw) > 1024:
         raise PathRejected(field, "is not a valid path")
+    # Trainers get paths as argv items (never through a shell), but a path a shell or a log line could misread has
+    # no business in a job: refused even when such a file exists inside an allowed directory.
+    bad = sorted({c for c in raw if c in SHELL_METACHARACTERS or unicodedata.category(c) == "Cc"})
+    if bad:
+        raise PathRejected(field, f"must not contain shell metacharacters or control characters: {''.join(bad)!r}")
     pure = PurePosixPath(raw.replace("\\", "/"))
     if ".." in pure.parts:
         raise PathRejected(field, "must not contain '..'")

@@ -123,5 +123,34 @@ class TestGeneratorCLI(GeneratorTestCase):
                 self.assertEqual(len(proc.stderr.strip().splitlines()), 1, proc.stderr)
 
 
+class TestCorruptCheckpointCLI(GeneratorTestCase):
+    """`python -m plugins.tidal.Generator --checkpoint <broken file>`: exit 2 and exactly one stderr line naming the
+    file, never a traceback."""
+
+    def assert_one_line_error(self, checkpoint):
+        proc = run_python("-m", "plugins.tidal.Generator", "--config", str(self.config_path), "--checkpoint",
+                          str(checkpoint), "--prompt", "hi")
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)
+        self.assertEqual(len(proc.stderr.strip().splitlines()), 1, proc.stderr)
+        self.assertIn(str(checkpoint), proc.stderr)
+
+    def test_truncated_and_foreign_files(self):
+        weights = self.checkpoint.read_bytes()
+        files = {"truncated.pth": weights[:len(weights) // 2], "header-only.pth": weights[:64],
+                 "garbage.pth": bytes(range(256)) * 8}
+        for name, data in files.items():
+            (self.tmp / name).write_bytes(data)
+        torch.save([1, 2, 3], self.tmp / "list.pth")
+        torch.save({"other": torch.zeros(2)}, self.tmp / "other-model.pth")
+        for name in [*files, "list.pth", "other-model.pth"]:
+            with self.subTest(file=name):
+                self.assert_one_line_error(self.tmp / name)
+
+    def test_an_empty_file(self):  # torch raises a bare EOFError, with no message, for an empty file
+        (self.tmp / "empty.pth").write_bytes(b"")
+        self.assert_one_line_error(self.tmp / "empty.pth")
+
+
 if __name__ == "__main__":
     unittest.main()

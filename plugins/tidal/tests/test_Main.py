@@ -79,6 +79,28 @@ class TestMainCLI(MainTestCase):
         self.assert_one_line_error(run_python("-m", "plugins.tidal.Main", "--config", str(path), env=self.env),
                                    "broken.yaml", "PATIENCE")
 
+    def test_bad_config_files_are_exactly_one_stderr_line_naming_file_and_key(self):
+        wrong_type = tiny_config(BATCH_SIZE="eight")
+        nested = tiny_config()
+        nested["LEARNING_RATE_SCHEDULER"]["BASE_LR"] = [1, 2]
+        missing = tiny_config()
+        del missing["VOCAB_SIZE"]
+        cases = {"wrong_type.yaml": (yaml.safe_dump(wrong_type), "BATCH_SIZE"),
+                 "nested.yaml": (yaml.safe_dump(nested), "LEARNING_RATE_SCHEDULER.BASE_LR"),
+                 "missing.yaml": (yaml.safe_dump(missing), "VOCAB_SIZE"),
+                 "not_yaml.yaml": ("A: [1, 2\n", "YAML"), "a_list.yaml": ("- 1\n- 2\n", "mapping")}
+        for name, (text, key) in cases.items():
+            with self.subTest(config=name):
+                path = self.tmp / name
+                path.write_text(text)
+                proc = run_python("-m", "plugins.tidal.Main", "--config", str(path), env=self.env)
+                self.assertEqual(proc.returncode, 2, proc.stderr)
+                self.assertNotIn("Traceback", proc.stderr)
+                (line,) = proc.stderr.strip().splitlines()
+                self.assertIn(str(path), line)
+                self.assertIn(key, line)
+        self.assertFalse((self.tmp / "experiments").exists(), "no experiment directory for a rejected config")
+
 
 class TestSignals(MainTestCase):
     def test_sigterm_checkpoints_and_resume_finishes(self):
