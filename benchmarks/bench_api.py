@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from redis_launcher import EmbeddedRedis, free_port  # noqa: E402
+from tests.support import DashboardProcess  # noqa: E402
 
 EXP = "20260101-000000-commit_bench-config_0000000000"
-TOKEN = "bench-token"
 REFERENCE_APP = """
 import sys, uvicorn
 from fastapi import FastAPI
@@ -228,19 +228,16 @@ def main() -> int:
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
 
-    procs = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis() as redis_server:
         root = Path(tmp) / "experiments"
         write_experiment(root, args.records)
         write_jobs(redis_server.url, 50)
-        port, ref_port = free_port(), free_port()
-        env = {**os.environ, "REDIS_URL": redis_server.url, "EXPERIMENTS_DIR": str(root), "TIDAL_AUTH_TOKEN": TOKEN}
+        dashboard = DashboardProcess(root, redis_server.url, log_level="warning")
+        ref_port, reference = free_port(), None
         try:
-            procs.append(subprocess.Popen([sys.executable, "-m", "dashboard", "--port", str(port), "--log-level",
-                                           "warning"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL))
-            procs.append(subprocess.Popen([sys.executable, "-c", REFERENCE_APP, str(ref_port)], cwd=ROOT))
-            base, ref = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ref_port}"
-            wait_up(base + "/api/health")
+            dashboard.start()
+            reference = subprocess.Popen([sys.executable, "-c", REFERENCE_APP, str(ref_port)], cwd=ROOT)
+            base, ref = dashboard.url, f"http://127.0.0.1:{ref_port}"
             wait_up(ref + "/const")
             metrics_url = f"{base}/api/experiments/{EXP}/metrics?maxPoints=1000"
             first = httpx.get(metrics_url, timeout=60).json()  # warm: parse the 50k records once
@@ -253,12 +250,13 @@ def main() -> int:
             results["sse"] = asyncio.run(sse_latency(base, redis_server.url, root, args.sse_clients,
                                                      args.sse_records, args.sse_rate))
         finally:
-            for proc in procs:
-                proc.terminate()
+            dashboard.close()
+            if reference is not None:
+                reference.terminate()
                 try:
-                    proc.wait(timeout=15)
+                    reference.wait(timeout=15)
                 except subprocess.TimeoutExpired:
-                    proc.kill()
+                    reference.kill()
 
     ref_rps = results["reference GET /const (trivial FastAPI)"]["rps"]
     print(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "

@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,9 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_api import (EXP, TOKEN, cpu_name, load, rss_mb, sse_events, wait_up, write_experiment,  # noqa: E402
-                       write_jobs)
-from redis_launcher import EmbeddedRedis, free_port  # noqa: E402
+from bench_api import EXP, cpu_name, load, rss_mb, sse_events, write_experiment, write_jobs  # noqa: E402
+from redis_launcher import EmbeddedRedis  # noqa: E402
+from tests.support import DashboardProcess  # noqa: E402
 
 RSS_GROWTH_LIMIT = 0.10
 
@@ -119,31 +118,23 @@ def main() -> int:
         root = Path(tmp) / "experiments"
         write_experiment(root, args.records)
         write_jobs(redis_server.url, 50)
-        port = free_port()
-        env = {**os.environ, "REDIS_URL": redis_server.url, "EXPERIMENTS_DIR": str(root), "TIDAL_AUTH_TOKEN": TOKEN}
-        server = subprocess.Popen([sys.executable, "-m", "dashboard", "--port", str(port), "--log-level", "warning"],
-                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+        server = DashboardProcess(root, redis_server.url, log_level="warning")
         write_records, logger = make_writer(root, redis_server.url, args.rate)
         rounds = []
         try:
-            base = f"http://127.0.0.1:{port}"
-            wait_up(base + "/api/health")
+            base = server.start().url
             httpx.get(f"{base}/api/experiments/{EXP}/metrics?maxPoints=1000", timeout=60)  # warm the history cache
-            rss_start = rss_mb(server.pid)
+            rss_start = rss_mb(server.process.pid)
             for n in range(args.rounds):
                 result = asyncio.run(one_round(base, args, write_records))
                 time.sleep(1.0)  # disconnects processed, readers released
                 result["sse_readers_after"] = httpx.get(base + "/api/health", timeout=30).json()["sseReaders"]
-                result["rss_mb"] = rss_mb(server.pid)
+                result["rss_mb"] = rss_mb(server.process.pid)
                 rounds.append(result)
                 print(f"round {n + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         finally:
             logger.close()
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            server.close()
 
     growth = (rounds[-1]["rss_mb"] - rounds[0]["rss_mb"]) / rounds[0]["rss_mb"]
     ok = (all(r["api"]["server_errors"] == 0 and r["api"]["errors"] == 0 and r["sse"]["errors"] == 0

@@ -9,11 +9,8 @@ run's charts) and generation-output.png (a learned-controller sample next to pla
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,36 +19,14 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from experiment_utils import experiments_root  # noqa: E402
-from redis_launcher import free_port  # noqa: E402
 from tests.browser import browser_unavailable, chromium  # noqa: E402
+from tests.support import DashboardProcess  # noqa: E402
 
 VIEWPORT = {"width": 1440, "height": 1000}
 
 
 class Failure(Exception):
     """A readable reason the screenshots could not be made."""
-
-
-def start_dashboard(experiments: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "EXPERIMENTS_DIR": str(experiments), "PORT": str(port), "HOST": "127.0.0.1",
-           "TIDAL_AUTH_TOKEN": secrets.token_urlsafe(24)}
-    env.pop("REDIS_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "dashboard"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise Failure(f"the dashboard exited: {proc.stderr.read().strip()[-500:]}")
-        try:
-            if httpx.get(url + "/api/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise Failure("the dashboard did not answer within 60 s")
 
 
 def pick_runs(url: str) -> tuple[dict, dict]:
@@ -125,20 +100,20 @@ def main(argv=None) -> int:
     if not args.experiments.is_dir():
         print(f"error: no experiments directory at {args.experiments}: run `make demo` first", file=sys.stderr)
         return 2
-    proc = None
+    # the dashboard on a private port with a token of its own (REDIS_URL unset: the directory's embedded Redis)
+    dashboard = DashboardProcess(args.experiments.resolve(), env={"TIDAL_AUTH_TOKEN": secrets.token_urlsafe(24)},
+                                 log_level="warning")
     try:
-        proc, url = start_dashboard(args.experiments.resolve())
+        url = dashboard.start().url
         lm, rl = pick_runs(url)
         for path in shoot(url, lm, rl, args.out):
             print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
         return 0
-    except Failure as e:
+    except (Failure, RuntimeError) as e:  # RuntimeError: the dashboard exited (its output is in the message)
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=20)
+        dashboard.close()
 
 
 if __name__ == "__main__":
