@@ -31,6 +31,7 @@ from redis.retry import Retry
 
 from experiment_utils import is_valid_experiment_id
 from plugins.tidal.Utils import atomic_write_json
+from redis_launcher import discover_redis_url
 
 log = logging.getLogger("tidal.metrics")
 
@@ -39,6 +40,7 @@ METRICS_FILE = "metrics.jsonl"
 RL_METRICS_FILE = "rl_metrics.jsonl"
 LATEST_FILE = "latest.json"
 STATUS_FILE = "status.json"
+SYSTEM_FILE = "system.jsonl"  # {step, timestamp, System/…}: process CPU and memory, GPU on CUDA
 
 STATUSES = ("initialized", "training", "completed", "failed", "stopped")
 TERMINAL_STATUSES = ("completed", "failed", "stopped")
@@ -51,6 +53,7 @@ RECONNECT_MAX_S = 2.0
 LATEST_INTERVAL_S = 0.5     # latest.json is replaced at most this often (and at close); metrics.jsonl every record
 DRAIN_DEADLINE_S = 2.0      # how long finalize()/close() wait for queued live updates to reach Redis
 MAX_BATCH = 500             # records per pipeline round trip
+SYSTEM_INTERVAL_S = 15.0    # system metrics at most this often: a low, fixed cost per run, never per step
 
 
 @dataclass(frozen=True)
@@ -77,12 +80,14 @@ class RedisKeys:
 class MetricsLogger:
     """Logs one experiment's metrics to disk and, when a Redis URL is known, live to Redis.
 
-    `redis_url=None` reads `$REDIS_URL`; an empty URL (or none in the environment) means disk only, silently.
+    `redis_url=None` reads `$REDIS_URL`; when that is unset, the URL a running dashboard announced in the
+    experiments directory (`redis_launcher.discover_redis_url`); an empty URL, or neither, means disk only, silently.
     Logging never waits for Redis (see `_LivePublisher`). Not for use after `finalize()` / `close()`.
     """
 
     def __init__(self, experiment_dir: str | os.PathLike, experiment_id: str | None = None,
-                 redis_url: str | None = None, stream_maxlen: int = 50_000, queue_size: int = 10_000):
+                 redis_url: str | None = None, stream_maxlen: int = 50_000, queue_size: int = 10_000,
+                 system_interval_s: float | None = SYSTEM_INTERVAL_S):
         self.experiment_dir = Path(experiment_dir)
         self.experiment_id = experiment_id if experiment_id is not None else self.experiment_dir.resolve().name
         if not is_valid_experiment_id(self.experiment_id):
@@ -99,7 +104,11 @@ class MetricsLogger:
         self._closed = False
         self._latest_line: str | None = None  # the last metrics record not yet in latest.json
         self._latest_written_at = -math.inf
-        url = os.environ.get("REDIS_URL", "") if redis_url is None else redis_url
+        # system metrics ride on log calls (no thread of our own); None switches them off
+        self._system = SystemSampler(system_interval_s) if system_interval_s is not None else None
+        url = os.environ.get("REDIS_URL") if redis_url is None else redis_url
+        if url is None:  # unset, not empty: a dashboard serving this experiments directory may have announced one
+            url = discover_redis_url(self.experiment_dir.resolve().parent) or ""
         self._live = _LivePublisher.start(url, self.keys, stream_maxlen, queue_size) if url else None
         self.set_status("initialized")
 
@@ -184,6 +193,9 @@ class MetricsLogger:
                 if time.monotonic() - self._latest_written_at >= LATEST_INTERVAL_S:
                     self._write_latest()
             self._publish(kind, line)  # under the lock, so the stream's order is the files' order
+            sample = self._system.sample_due(step) if self._system is not None else None
+            if sample is not None:
+                self._append(SYSTEM_FILE, _dumps(sample))
 
     def _append(self, file_name: str, line: str) -> None:
         f = self._files.get(file_name)
@@ -207,6 +219,46 @@ class MetricsLogger:
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError(f"MetricsLogger for {self.experiment_id} is closed")
+
+
+class SystemSampler:
+    """Process CPU % (of one core, so it may exceed 100) and resident memory, plus the CUDA allocator's memory and
+    the GPU's utilisation when this process uses CUDA; sampled at the first call, then at most every `interval_s`."""
+
+    def __init__(self, interval_s: float):
+        import psutil
+
+        self.interval_s = interval_s
+        self._process = psutil.Process()
+        self._process.cpu_percent(None)  # primes the counter: the first sample then averages since construction
+        self._last = -math.inf
+
+    def sample_due(self, step: int) -> dict[str, Any] | None:
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            return None
+        self._last = now
+        sample = {"step": step, "timestamp": time.time(), "System/CPU %": self._process.cpu_percent(None),
+                  "System/RSS MB": self._process.memory_info().rss / 2**20}
+        sample.update(_gpu_sample())
+        return sample
+
+
+def _gpu_sample() -> dict[str, float]:
+    """GPU figures only from a process that already uses CUDA: importing torch or initialising CUDA here would cost
+    a CPU-only process seconds and memory."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    out = {"System/GPU memory MB": torch.cuda.memory_allocated() / 2**20,
+           "System/GPU reserved MB": torch.cuda.memory_reserved() / 2**20}
+    try:
+        out["System/GPU util %"] = float(torch.cuda.utilization())
+    except Exception:  # needs NVML (pynvml); without it the memory figures still stand
+        pass
+    return out
 
 
 class _LivePublisher:

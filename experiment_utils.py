@@ -22,6 +22,7 @@ from plugins.tidal.Utils import PROJECT_ROOT, TidalError, atomic_write_json, ato
 
 EXPERIMENT_KINDS = ("lm", "rl")
 METADATA_FILE = "metadata.json"
+RL_CONFIG_FILE = "rl_config.yaml"  # the RL part of an RL run's effective configs (hashed as `-rl_`)
 
 # Letters, digits, "_", "-" and "."; at most 128 characters; starting with a letter or digit (so never ".", "..",
 # a hidden file, or something a command line reads as an option). No separator: an id is one path component.
@@ -63,18 +64,37 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def make_experiment_id(config_path: str | os.PathLike, rl_config_path: str | os.PathLike | None = None,
-                       now: datetime | None = None) -> str:
-    """`{YYYYmmdd-HHMMSS}-commit_{hash|nogit}-config_{sha256(config)[:10]}[-rl_{sha256(rl config)[:10]}]`.
+def config_digest(config: dict) -> str:
+    """sha256 of a config as canonical JSON (sorted keys): equal configs hash equal whatever their key order,
+    comments or YAML spelling, so the id tracks what the run uses rather than the bytes of a file."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
-    The time is local wall-clock time (what a user reads in a directory listing); `created_at` in the metadata
-    is the unambiguous epoch timestamp.
+
+def make_experiment_id(config_path: str | os.PathLike, rl_config_path: str | os.PathLike | None = None,
+                       now: datetime | None = None, *, config: dict | None = None,
+                       rl_config: dict | None = None) -> str:
+    """`{YYYYmmdd-HHMMSS}-commit_{hash|nogit}-config_{hash[:10]}[-rl_{hash[:10]}]`.
+
+    Each hash is `config_digest` of the effective config when it is given (`config`, `rl_config`: after `--set`
+    overrides), else the sha256 of the file's bytes. The time is local wall-clock time (what a user reads in a
+    directory listing); `created_at` in the metadata is the unambiguous epoch timestamp.
     """
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    exp_id = f"{stamp}-commit_{git_short_hash()}-config_{file_sha256(config_path)[:10]}"
-    if rl_config_path is not None:
-        exp_id += f"-rl_{file_sha256(rl_config_path)[:10]}"
+    lm_hash = config_digest(config) if config is not None else file_sha256(config_path)
+    exp_id = f"{stamp}-commit_{git_short_hash()}-config_{lm_hash[:10]}"
+    if rl_config_path is not None or rl_config is not None:
+        rl_hash = config_digest(rl_config) if rl_config is not None else file_sha256(rl_config_path)
+        exp_id += f"-rl_{rl_hash[:10]}"
     return exp_id
+
+
+def _split_effective(kind: str, effective_configs: dict[str, dict]) -> tuple[dict | None, dict | None]:
+    """(LM part, RL part) of a run's effective configs, as the id hashes them; None where there is nothing."""
+    rl = effective_configs.get(RL_CONFIG_FILE) if kind == "rl" else None
+    lm = {name: c for name, c in effective_configs.items() if not (kind == "rl" and name == RL_CONFIG_FILE)}
+    # one LM file hashes as itself, so `config_digest(config)` of a plain LM run is its id's hash
+    return (next(iter(lm.values())) if len(lm) == 1 else lm or None), rl
 
 
 def create_experiment_dir(kind: str, config_path: str | os.PathLike, effective_configs: dict[str, dict],
@@ -87,7 +107,8 @@ def create_experiment_dir(kind: str, config_path: str | os.PathLike, effective_c
     A given id whose directory exists (a pre-created or resumed run) keeps its metadata unless it has none;
     a generated id that collides (two runs in the same second) gets a numeric suffix instead.
     `effective_configs` maps plain file names (`config.yaml`, or `base_config.yaml` + `rl_config.yaml`) to the
-    configs after `--set` overrides; they are (re)written as YAML each time.
+    configs after `--set` overrides; they are (re)written as YAML each time, and a generated id hashes them (the
+    RL part, `rl_config.yaml`, as `-rl_`), so the same file run with other overrides gets another id.
     """
     if kind not in EXPERIMENT_KINDS:
         raise TidalError(f"experiment type must be one of {', '.join(EXPERIMENT_KINDS)}, got {kind!r}")
@@ -97,6 +118,7 @@ def create_experiment_dir(kind: str, config_path: str | os.PathLike, effective_c
         if not _PLAIN_FILE_NAME_RE.fullmatch(name):
             raise TidalError(f"config file name must be a plain file name, got {name!r}")
 
+    lm_effective, rl_effective = _split_effective(kind, effective_configs)
     given_id = experiment_id or os.environ.get("TIDAL_EXPERIMENT_ID") or None
     root = experiments_root()
     if given_id is not None:
@@ -106,7 +128,8 @@ def create_experiment_dir(kind: str, config_path: str | os.PathLike, effective_c
         exp_dir = root / given_id
         exp_dir.mkdir(parents=True, exist_ok=True)
     else:
-        exp_dir = _make_unique_dir(root, make_experiment_id(config_path, rl_config_path if kind == "rl" else None))
+        exp_dir = _make_unique_dir(root, make_experiment_id(config_path, rl_config_path if kind == "rl" else None,
+                                                            config=lm_effective, rl_config=rl_effective))
 
     if not read_experiment_metadata(exp_dir):
         atomic_write_json(exp_dir / METADATA_FILE, {
@@ -115,6 +138,8 @@ def create_experiment_dir(kind: str, config_path: str | os.PathLike, effective_c
             "created_at": time.time(),
             "config_path": str(config_path),
             "config_sha256": file_sha256(config_path),
+            "config_digest": config_digest(lm_effective) if lm_effective is not None else None,
+            "rl_config_digest": config_digest(rl_effective) if rl_effective is not None else None,
             "git_commit": git_short_hash(),
             "rl_config_path": str(rl_config_path) if rl_config_path is not None else None,
             "rl_config_sha256": file_sha256(rl_config_path) if rl_config_path is not None else None,

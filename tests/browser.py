@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from MetricsLogger import MetricsLogger
+from tests.support import LiveDashboardTestCase
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update", "--disable-default-apps",
@@ -62,10 +63,42 @@ class ConsoleErrors:
         page.on("pageerror", lambda e: self.messages.append(f"uncaught: {e}"))
 
 
+class BrowserTestCase(LiveDashboardTestCase):
+    """A real dashboard (see LiveDashboardTestCase) and one headless Chromium per class; each test gets a fresh
+    1400x900 page in `self.page` whose console errors are collected in `self.errors`."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls._browser_cm = chromium()
+        cls.browser = cls._browser_cm.__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._browser_cm.__exit__(None, None, None)
+        super().tearDownClass()
+
+    def setUp(self):
+        self.context = self.browser.new_context(viewport={"width": 1400, "height": 900})
+        self.addCleanup(self.context.close)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(15_000)
+        self.errors = ConsoleErrors(self.page)
+
+    def open(self, route: str = ""):
+        self.page.goto(f"{self.server.url}/{route}")
+
+    def chart(self, key: str):
+        return self.page.locator(f'[data-testid="chart"][data-key="{key}"]').first
+
+    def assert_no_console_errors(self):
+        self.assertEqual(self.errors.messages, [])
+
+
 # ---------------------------------------------------------------------------------------------- experiments to draw
-def write_rl_experiment(root, experiment_id: str, source: str, iterations: int = 40):
+def write_rl_experiment(root, experiment_id: str, source: str, iterations: int = 40, ablation: str = "study"):
     """An RL run: metadata, RL metric records through the real MetricsLogger, a final checkpoint file and an
-    ablation result in the shape `Ablation.run_ablation_study` writes."""
+    ablation result: the held-out study's (`study_results`), or with ablation="old" the earlier per-policy shape."""
     exp_dir = Path(root) / experiment_id
     exp_dir.mkdir(parents=True)
     (exp_dir / "metadata.json").write_text(json.dumps({"type": "rl", "created_at": time.time(),
@@ -86,10 +119,59 @@ def write_rl_experiment(root, experiment_id: str, source: str, iterations: int =
                 "mean_length": 40.0, "terminated_fraction": 0.2, "reward": stats,
                 "components": {c: stats for c in ("perplexity", "diversity", "sampling", "repetition", "coherence")}}
 
-    (exp_dir / "ablation_results.json").write_text(json.dumps({
+    results = study_results() if ablation == "study" else {
         "config": {"seeds": [0], "num_prompts": 32}, "best_constant_m": 0.4,
         "policies": {"random": policy(0.012), "fixed_0.5": policy(0.080, 0.5), "best_constant": policy(0.084, 0.4),
-                     "learned_deterministic": policy(0.077)}}))
+                     "learned_deterministic": policy(0.077)}}
+    (exp_dir / "ablation_results.json").write_text(json.dumps(results))
+
+
+def _study_point(name: str, family: str, params: dict, nll: float, diversity: float | None) -> dict:
+    """One POINT of the held-out study's ablation_results.json: judge NLL and diversity with CIs, and the metrics."""
+    return {"name": name, "family": family, "params": params, "judge_nll": nll,
+            "judge_nll_ci": [round(nll - 0.03, 4), round(nll + 0.03, 4)], "diversity": diversity,
+            "diversity_ci": None if diversity is None else [round(diversity - 0.01, 4), round(diversity + 0.01, 4)],
+            "metrics": {"prec_4": 0.12, "distinct_1": 0.4, "distinct_2": diversity or 0.7, "distinct_3": 0.85,
+                        "self_bleu": 0.3, "rep_4": 0.02, "length": 41.5, "eot_rate": 0.3,
+                        "train_reward": None if family == "human" else 0.5}}
+
+
+def study_results(learned_nll: float = 2.78) -> dict:
+    """A realistic `ablation_results.json` of the held-out quality–diversity study (the shape the dashboard's
+    Ablation tab and MCP `get_ablation` read): eight fixed-decoder families tuned on dev, a learned controller with
+    one RL seed and its mean, the per-token oracle, the human continuations and the verdict."""
+    grids = {"temperature": [("T", t) for t in (0.5, 0.7, 0.9, 1.0, 1.2)], "top_p": [("p", p) for p in (0.8, 0.9, 0.95)],
+             "top_k": [("k", k) for k in (10, 40, 100)], "min_p": [("min_p", m) for m in (0.02, 0.05, 0.1, 0.2)],
+             "mirostat": [("tau", t) for t in (2.0, 3.0, 4.0)], "edt": [("theta", t) for t in (0.5, 1.0)],
+             "greedy": [("T", 0.0)], "constant_action": [("m", m) for m in (0.3, 0.5)]}
+    families, frontier = {}, {}
+    for f, (family, grid) in enumerate(grids.items()):
+        points = {}
+        for split, shift in (("test", 0.0), ("dev", 0.01)):
+            points[split] = []
+            for i, (param, value) in enumerate(grid):
+                diversity = round(0.30 + 0.12 * i + 0.01 * f, 4) if family != "greedy" else 0.12
+                nll = round(2.60 + 0.35 * max(diversity - 0.3, 0.0) ** 1.5 + 0.02 * f + shift, 4)
+                points[split].append(_study_point(f"{family} {param}={value}", family, {param: value}, nll, diversity))
+        families[family] = {"label": family.replace("_", " ") + " sweep", **points}
+        frontier[family] = sorted([p["diversity"], p["judge_nll"]] for p in points["test"])
+    learned = [_study_point("learned (seed 0)", "learned", {"seed": 0}, learned_nll, 0.62),
+               _study_point("learned (mean over seeds)", "learned", {}, learned_nll, 0.62)]
+    return {
+        "protocol": {"primary_quality": "judge_nll", "primary_diversity": "set_distinct_2",
+                     "quality_label": "held-out judge NLL (nats/token, lower is better)",
+                     "diversity_label": "set distinct-2 over K samples per prompt", "test_prompts": 256,
+                     "dev_prompts": 128, "train_prompts": 500, "samples_per_prompt": 3, "sampling_seeds": [0, 1, 2],
+                     "rl_seeds": [0], "episode_length": 48, "bootstrap_samples": 1000, "ci_level": 0.95,
+                     "protocol": "demo"},
+        "families": families, "frontier": frontier, "learned": learned,
+        "oracle": _study_point("oracle (per-token)", "oracle", {}, 2.55, 0.66),
+        "human": _study_point("human continuation", "human", {}, 2.41, None),
+        "verdict": {"verdict": "no significant difference", "gap": -0.012, "ci": [-0.041, 0.017],
+                    "best_family": "min_p", "at_diversity": 0.62, "oracle_gap": 0.21, "oracle_ci": [0.17, 0.25],
+                    "text": "The learned controller is not distinguishable from the min_p frontier at diversity 0.62 "
+                            "(gap -0.012 nats/token, 95 % CI [-0.041, 0.017])."},
+    }
 
 
 def write_long_experiment(root, experiment_id: str, steps: int) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import time
 import unittest
@@ -11,7 +12,7 @@ from unittest import mock
 import torch
 
 from MetricsLogger import MetricsLogger, RedisKeys, read_jsonl, read_jsonl_since, read_jsonl_tail
-from redis_launcher import free_port
+from redis_launcher import announce_redis_url, free_port
 from tests.support import RedisTestCase, TempDirTestCase, wait_for
 
 LOGGER_NAME = "tidal.metrics"
@@ -73,7 +74,7 @@ class TestDiskRecord(TempDirTestCase):
         logger.close()
         self.assertEqual((self.latest()["step"], self.latest()["loss"]), (2, 2.5))
         self.assertEqual(sorted(p.name for p in self.metrics_dir.iterdir()), ["latest.json", "metrics.jsonl",
-                                                                                 "status.json"])
+                                                                                 "status.json", "system.jsonl"])
 
     def test_latest_json_follows_every_record_when_the_interval_allows(self):
         with mock.patch("MetricsLogger.LATEST_INTERVAL_S", 0.0):
@@ -166,6 +167,34 @@ class TestDiskRecord(TempDirTestCase):
             logger.log_metrics({"loss": 1.0}, 0)
             logger.finalize()
 
+    def test_system_metrics_are_sampled_at_the_first_record_then_at_most_every_interval(self):
+        import psutil
+
+        logger = self.logger(system_interval_s=3600)
+        for step in range(5):
+            logger.log_metrics({"loss": 1.0}, step)
+        logger.log_rl_metrics({"episode_rewards": 1.0}, 64)
+        samples = read_jsonl(self.metrics_dir / "system.jsonl")
+        self.assertEqual(len(samples), 1)                       # once, not per training step
+        sample = samples[0]
+        self.assertEqual(sample["step"], 0)
+        self.assertGreaterEqual(sample["System/CPU %"], 0.0)
+        rss_mb = psutil.Process().memory_info().rss / 2**20
+        self.assertLess(abs(sample["System/RSS MB"] - rss_mb), rss_mb * 0.5)
+        if not torch.cuda.is_available():
+            self.assertNotIn("System/GPU memory MB", sample)      # no made-up GPU figures on a CPU box
+        self.assertNotIn("System/CPU %", read_jsonl(self.metrics_dir / "metrics.jsonl")[0])  # training record intact
+
+    def test_system_metrics_follow_the_rl_history_and_can_be_switched_off(self):
+        logger = self.logger(system_interval_s=0)
+        logger.log_rl_metrics({"episode_rewards": 1.0}, 64)
+        logger.log_rl_metrics({"episode_rewards": 1.0}, 128)
+        self.assertEqual([s["step"] for s in read_jsonl(self.metrics_dir / "system.jsonl")], [64, 128])
+        quiet = MetricsLogger(self.tmp / "quiet", redis_url="", system_interval_s=None)
+        self.addCleanup(quiet.close)
+        quiet.log_metrics({"loss": 1.0}, 0)
+        self.assertFalse((self.tmp / "quiet" / "dashboard_metrics" / "system.jsonl").exists())
+
     def test_resumed_run_appends_after_a_torn_line(self):
         self.metrics_dir.mkdir(parents=True)
         (self.metrics_dir / "metrics.jsonl").write_text('{"step": 0, "timestamp": 1.0}\n{"step": 1, "timest')
@@ -227,6 +256,20 @@ class TestRedisLive(RedisTestCase):
 
     def metric_steps(self) -> list[int]:
         return [data["step"] for _, kind, data in self.entries() if kind == "metrics"]
+
+    def test_with_redis_url_unset_the_redis_a_dashboard_announced_is_found(self):
+        # a run started from the command line, next to a running dashboard, is live with no configuration
+        announce_redis_url(self.tmp, self.redis_url)
+        with mock.patch.dict(os.environ):
+            os.environ.pop("REDIS_URL", None)
+            logger = MetricsLogger(self.exp_dir)
+            logger.log_metrics({"loss": 1.0}, 0)
+            logger.finalize()
+        self.assertEqual(self.metric_steps(), [0])
+        other = self.tmp / "20260101-000001-commit_nogit-config_0123456789"
+        with mock.patch.dict(os.environ, {"REDIS_URL": ""}):  # an empty REDIS_URL still means disk only
+            MetricsLogger(other).finalize()
+        self.assertFalse(self.redis.exists(f"tidal:status:{other.name}"))
 
     def test_key_names_are_the_documented_ones(self):
         keys = RedisKeys.for_experiment(EXP_ID)
@@ -347,6 +390,16 @@ class TestRedisUnreachable(TempDirTestCase):
         self.assertEqual(len(read_jsonl(self.exp_dir / "dashboard_metrics" / "metrics.jsonl")), 200)
         # initialized + training + 200 metrics + completed: none could be published, each counted once.
         self.assertEqual(logger.dropped_live_updates, 203)
+
+    def test_a_stale_announcement_is_ignored_without_a_warning(self):
+        # the dashboard that wrote it is gone (SIGKILL): nothing answers on its port, so the run is disk only
+        announce_redis_url(self.tmp, f"redis://127.0.0.1:{free_port()}/0")
+        with mock.patch.dict(os.environ), self.assertNoLogs(LOGGER_NAME, "WARNING"):
+            os.environ.pop("REDIS_URL", None)
+            logger = MetricsLogger(self.exp_dir)
+            logger.log_metrics({"loss": 1.0}, 0)
+            logger.finalize()
+        self.assertEqual(logger.dropped_live_updates, 0, "no live publisher at all")
 
     def test_hung_redis_never_blocks_the_training_loop(self):
         # A socket that accepts connections (kernel backlog) but never answers: every Redis call would hang.

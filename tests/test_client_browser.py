@@ -11,10 +11,8 @@ import unittest
 from pathlib import Path
 
 from MetricsLogger import MetricsLogger
-from tests.browser import (ConsoleErrors, browser_unavailable, chromium, write_long_experiment,
-                           write_rl_experiment)
-from tests.support import (DASHBOARD_TOKEN, LiveDashboardTestCase, fake_plugin, write_fake_config,
-                           write_tiny_experiment)
+from tests.browser import BrowserTestCase, browser_unavailable, write_long_experiment, write_rl_experiment
+from tests.support import DASHBOARD_TOKEN, fake_plugin, write_fake_config, write_tiny_experiment
 
 LM = "20260101-120000-commit_nogit-config_0123456789"
 LIVE = "20260102-120000-commit_nogit-config_0123456789"
@@ -24,7 +22,7 @@ LONG_STEPS = 200_000
 
 
 @unittest.skipIf(browser_unavailable(), browser_unavailable() or "")
-class ClientBrowserTest(LiveDashboardTestCase):
+class ClientBrowserTest(BrowserTestCase):
     @classmethod
     def populate(cls, root):
         write_tiny_experiment(root, LM, steps=30, checkpoint=True)
@@ -35,39 +33,12 @@ class ClientBrowserTest(LiveDashboardTestCase):
         cls.settings_overrides = {"manifest_path": fake_plugin(plugin), "worker_env": {"PYTHONPATH": str(plugin)}}
         write_fake_config(plugin, "fake.yaml", STEPS=100_000, SLEEP=0.2)
 
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls._browser_cm = chromium()
-        cls.browser = cls._browser_cm.__enter__()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._browser_cm.__exit__(None, None, None)
-        super().tearDownClass()
-
-    def setUp(self):
-        self.context = self.browser.new_context(viewport={"width": 1400, "height": 900})
-        self.addCleanup(self.context.close)
-        self.page = self.context.new_page()
-        self.page.set_default_timeout(15_000)
-        self.errors = ConsoleErrors(self.page)
-
-    def open(self, route: str = ""):
-        self.page.goto(f"{self.server.url}/{route}")
-
     def select_option_containing(self, select: str, text: str):
         """Pick the first option of `select` whose value contains `text`, once the app has filled it in."""
         value = self.page.wait_for_function(
             "([sel, text]) => [...document.querySelectorAll(sel + ' option')].map(o => o.value)"
             ".find(v => v.includes(text))", arg=[select, text]).json_value()
         self.page.select_option(select, value)
-
-    def chart(self, key: str):
-        return self.page.locator(f'[data-testid="chart"][data-key="{key}"]').first
-
-    def assert_no_console_errors(self):
-        self.assertEqual(self.errors.messages, [])
 
     def enter_token(self, token: str):
         dialog = self.page.locator("dialog#token-dialog")
@@ -87,7 +58,7 @@ class ClientBrowserTest(LiveDashboardTestCase):
             "completed")
         for route, ready in [(f"#/exp/{LM}", '[data-testid="chart"][data-key="Losses/Total"][data-points]'),
                              (f"#/exp/{RL}", '[data-testid="chart"][data-key="episode_rewards"][data-points]'),
-                             (f"#/exp/{RL}?tab=ablation", "text=learned_deterministic"),
+                             (f"#/exp/{RL}?tab=ablation", '[data-testid="frontier-plot"] polyline'),
                              (f"#/exp/{RL}?tab=checkpoints", "text=rl_checkpoint_final.pth"),
                              (f"#/exp/{LM}?tab=config", "text=EMBED_DIM"),
                              ("#/jobs", "#job-form"), ("#/generate", "#gen-run")]:

@@ -22,6 +22,7 @@ PROTECTED = [
     ("POST", f"/api/workers/{JOB}/metrics", {"experimentId": EXP, "records": []}),
     ("GET", f"/api/workers/{JOB}/signal", None),
     ("PATCH", f"/api/workers/{JOB}/experiment-id", {"experimentId": EXP}),
+    ("PATCH", f"/api/experiments/{EXP}", {"name": "a run"}),
 ]
 RATE_LIMITED = [("POST", "/api/generate"), ("POST", "/api/analyze-trajectories")]
 OPEN = ["/api/health", "/api/plugins", "/api/plugins/tidal", "/api/plugins/tidal/configs",
@@ -29,7 +30,7 @@ OPEN = ["/api/health", "/api/plugins", "/api/plugins/tidal", "/api/plugins/tidal
         f"/api/jobs/{JOB}", f"/api/jobs/{JOB}/logs", f"/api/experiments/{EXP}/metrics",
         f"/api/experiments/{EXP}/status", f"/api/experiments/{EXP}/rl-metrics",
         f"/api/experiments/{EXP}/checkpoints", f"/api/experiments/{EXP}/evaluation",
-        f"/api/experiments/{EXP}/ablation"]
+        f"/api/experiments/{EXP}/ablation", "/api/experiments/table"]
 
 
 class AuthMatrixTest(RedisTestCase):
@@ -57,7 +58,7 @@ class AuthMatrixTest(RedisTestCase):
         paths = self.http.get("/openapi.json").json()["paths"]  # what the app really serves, new routes included
         declared = {(m.upper(), p) for p, ops in paths.items() for m in ops if m not in ("get", "head")}
         self.assertGreaterEqual(len(declared), 10)  # jobs 3, generation 2, worker 5
-        protected = {(m, p.replace(JOB, "{job_id}")) for m, p, _ in PROTECTED}
+        protected = {(m, p.replace(JOB, "{job_id}").replace(EXP, "{experiment_id}")) for m, p, _ in PROTECTED}
         self.assertEqual(declared - protected - set(RATE_LIMITED), set())
 
     def test_protected_routes_refuse_bad_credentials(self):

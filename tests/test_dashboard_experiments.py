@@ -11,7 +11,8 @@ import httpx
 from dashboard.server.services.metrics_reader import JsonlTail, downsample
 from dashboard.server.services.plugin_registry import load_manifest
 from MetricsLogger import MetricsLogger
-from tests.support import DashboardServer, RedisTestCase, TempDirTestCase, dashboard_settings
+from tests.support import (DashboardServer, LiveDashboardTestCase, RedisTestCase, TempDirTestCase, auth_headers,
+                           dashboard_settings, wait_for, write_tiny_experiment)
 
 KEYS = load_manifest().redis
 LM = "20260101-120000-commit_nogit-config_0123456789"
@@ -163,8 +164,37 @@ class ExperimentsApiTest(RedisTestCase):
 
     def test_status_prefers_live_redis_over_disk(self):
         self.assertEqual(self.http.get(f"/api/experiments/{LM}/status").json()["status"]["status"], "training")
-        self.redis.set(KEYS.status(LM), json.dumps({"status": "completed"}))
+        self.redis.set(KEYS.status(LM), json.dumps({"status": "completed", "timestamp": time.time() + 1}))
         self.assertEqual(self.http.get(f"/api/experiments/{LM}/status").json()["status"]["status"], "completed")
+
+    def test_the_newer_status_record_wins_whichever_side_it_is_on(self):
+        # a run stopped while publishing to Redis, then resumed from the CLI without Redis to completion: status.json
+        # is newer than the Redis record, and the API and the sidebar's list must say so
+        exp = self.root / LM
+        self.logger.close()
+        MetricsLogger(exp, redis_url=self.redis_url).finalize("stopped")
+        wait_for(lambda: self.redis.get(KEYS.status(LM)), message="the stopped status in Redis")
+        MetricsLogger(exp, redis_url="").finalize("completed")
+        status = lambda: self.http.get(f"/api/experiments/{LM}/status").json()["status"]["status"]
+        listed = lambda: {e["id"]: e for e in self.http.get("/api/experiments").json()["experiments"]}[LM]
+        self.assertEqual((status(), listed()["status"], listed()["live"]), ("completed", "completed", False))
+        MetricsLogger(exp, redis_url=self.redis_url).finalize("failed", error="boom")  # and newer in Redis again
+        wait_for(lambda: "failed" in self.redis.get(KEYS.status(LM)), message="the failed status in Redis")
+        (exp / "dashboard_metrics" / "status.json").write_text(json.dumps({"status": "completed", "timestamp": 1.0}))
+        self.assertEqual((status(), listed()["status"]), ("failed", "failed"))
+
+    def test_a_failed_run_carries_its_error_and_the_tail_of_its_log(self):
+        exp = self.root / LM
+        self.logger.finalize("failed", error="dataset 'x': the Hugging Face Hub is unreachable")
+        (exp / "training.log").write_text("".join(f"line {i}\n" for i in range(500)) + "error: the hub\n")
+        summary = {e["id"]: e for e in self.http.get("/api/experiments").json()["experiments"]}[LM]
+        self.assertEqual(summary["status"], "failed")
+        self.assertEqual(summary["error"], "dataset 'x': the Hugging Face Hub is unreachable")
+        tail = summary["logTail"].splitlines()
+        self.assertEqual(tail[-1], "error: the hub")
+        self.assertLess(len(tail), 100, "a tail, not the whole log")
+        rl = {e["id"]: e for e in self.http.get("/api/experiments").json()["experiments"]}[RL]
+        self.assertIsNone(rl["logTail"])  # only a failed run's page shows its log
 
     def test_checkpoints_are_classified_by_the_manifest(self):
         lm = {c["filename"]: c for c in self.http.get(f"/api/experiments/{LM}/checkpoints").json()["checkpoints"]}
@@ -186,6 +216,90 @@ class ExperimentsApiTest(RedisTestCase):
         self.redis.set(KEYS.rl_latest(RL), json.dumps({"global_step": 128}))
         self.assertEqual(self.http.get(f"/api/experiments/{RL}/rl-metrics").json()["metrics"], {"global_step": 128})
 
+
+OTHER = "20260104-120000-commit_nogit-config_9876543210"
+
+
+class RunAnnotationsAndTableTest(LiveDashboardTestCase):
+    """Names, tags and notes kept in metadata.json (PATCH, token needed); the runs table with effective configs and
+    final metrics; the config diff between two runs."""
+
+    @classmethod
+    def populate(cls, root):
+        for exp_id, batch, lr in ((LM, 8, 0.001), (OTHER, 16, 0.001)):
+            exp_dir = write_tiny_experiment(root, exp_id, steps=20)
+            (exp_dir / "config.yaml").write_text(
+                f"EMBED_DIM: 32\nBATCH_SIZE: {batch}\nSCHEDULER:\n  BASE_LR: {lr}\n"
+                + ("DROPOUT: 0.1\n" if exp_id == OTHER else ""))
+        with open(root / LM / "dashboard_metrics" / "metrics.jsonl", "a") as f:  # a sparse series, logged earlier
+            f.write(json.dumps({"step": 20, "timestamp": 1.0, "Losses/Validation": 3.5}) + "\n")
+            f.write(json.dumps({"step": 21, "timestamp": 2.0, "Losses/Total": 4.0}) + "\n")
+
+    def patch(self, exp_id, body, token=True):
+        return self.http.patch(f"/api/experiments/{exp_id}", json=body, headers=auth_headers() if token else {})
+
+    def summary(self, exp_id):
+        return {e["id"]: e for e in self.http.get("/api/experiments").json()["experiments"]}[exp_id]
+
+    def test_name_tags_and_notes_are_kept_in_the_metadata_file(self):
+        r = self.patch(OTHER, {"name": "wider batch", "tags": ["baseline", " sweep ", "baseline"], "notes": "try 16"})
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertEqual((r.json()["experiment"]["name"], r.json()["experiment"]["tags"]),
+                         ("wider batch", ["baseline", "sweep"]))
+        meta = json.loads((self.root / OTHER / "metadata.json").read_text())
+        self.assertEqual((meta["name"], meta["tags"], meta["notes"]), ("wider batch", ["baseline", "sweep"], "try 16"))
+        self.assertEqual(meta["type"], "lm")                                    # the rest of the metadata is kept
+        self.assertEqual(self.patch(OTHER, {"notes": "second thought"}).status_code, 200)
+        summary = self.summary(OTHER)
+        self.assertEqual((summary["name"], summary["tags"], summary["notes"]),
+                         ("wider batch", ["baseline", "sweep"], "second thought"))  # only the given field changes
+        self.assertEqual(self.patch(OTHER, {"name": None}).json()["experiment"]["name"], None)
+        self.assertEqual(list((self.root / OTHER).glob("*.tmp")), [])          # written atomically
+
+    def test_annotations_need_the_token_and_valid_fields(self):
+        self.assertEqual(self.patch(LM, {"name": "x"}, token=False).status_code, 401)
+        for body, field in [({"name": "x" * 201}, "name"), ({"tags": "a,b"}, "tags"), ({"tags": ["x" * 65]}, "tags"),
+                            ({"tags": [str(i) for i in range(40)]}, "tags"), ({"title": "x"}, "title"),
+                            ({"notes": "x" * 20_001}, "notes")]:
+            with self.subTest(body=str(body)[:40]):
+                r = self.patch(LM, body)
+                self.assertEqual(r.status_code, 422, r.text)
+                self.assertIn(field, json.dumps(r.json()["detail"]))
+        self.assertEqual(self.patch("20990101-000000-commit_nogit-config_ffffffffff", {"name": "x"}).status_code, 404)
+        self.assertEqual(self.patch("..etc", {"name": "x"}).status_code, 400)
+
+    def test_the_runs_table_has_effective_hyperparameters_and_final_metrics(self):
+        body = self.http.get("/api/experiments/table").json()
+        rows = {r["id"]: r for r in body["runs"]}
+        self.assertLessEqual({LM, OTHER}, set(rows))
+        self.assertEqual(rows[OTHER]["params"]["BATCH_SIZE"], 16)
+        self.assertEqual(rows[LM]["params"]["SCHEDULER.BASE_LR"], 0.001)         # nested keys flattened
+        self.assertEqual(rows[LM]["final"]["Losses/Total"], 4.0)                 # the last value of each series
+        self.assertEqual(rows[LM]["final"]["Losses/Validation"], 3.5)            # a sparse one too
+        self.assertNotIn("step", rows[LM]["final"])
+        self.assertIn("BATCH_SIZE", body["paramKeys"])
+        self.assertIn("Losses/Total", body["metricKeys"])
+
+    def test_config_diff_names_changed_added_and_removed_keys(self):
+        body = self.http.get(f"/api/experiments/{LM}/config-diff", params={"other": OTHER}).json()
+        diff = {d["key"]: d for d in body["differences"]}
+        self.assertEqual(diff["BATCH_SIZE"], {"key": "BATCH_SIZE", "a": 8, "b": 16, "change": "changed"})
+        self.assertEqual(diff["DROPOUT"], {"key": "DROPOUT", "a": None, "b": 0.1, "change": "added"})
+        self.assertNotIn("EMBED_DIM", diff)
+        self.assertEqual(body["same"], 2)
+        missing = self.http.get(f"/api/experiments/{LM}/config-diff",
+                                params={"other": "20990101-000000-commit_nogit-config_ffffffffff"})
+        self.assertEqual(missing.status_code, 404)
+        self.assertEqual(self.http.get(f"/api/experiments/{LM}/config-diff", params={"other": "../x"}).status_code, 400)
+        self.assertEqual(self.http.get(f"/api/experiments/{LM}/config-diff").status_code, 422)
+
+    def test_system_metrics_are_served_as_their_own_series(self):
+        logger = MetricsLogger(self.root / OTHER, redis_url="", system_interval_s=0)
+        logger.log_metrics({"Losses/Total": 1.0}, 99)
+        logger.close()
+        body = self.http.get(f"/api/experiments/{OTHER}/metrics", params={"series": "system"}).json()
+        self.assertIn("System/RSS MB", body["keys"])
+        self.assertEqual(body["points"][-1]["step"], 99)
 
 if __name__ == "__main__":
     unittest.main()

@@ -11,6 +11,7 @@ import unittest
 
 import httpx
 
+from redis_launcher import discover_redis_url
 from tests.support import PROJECT_ROOT, TempDirTestCase, free_port, http_ok, wait_for
 
 
@@ -58,11 +59,16 @@ class DashboardMainTest(TempDirTestCase):
             r = httpx.post(url + "/api/jobs/job-none/cancel", headers={"Authorization": "Bearer nope"})
             self.assertEqual(r.status_code, 401)
             redis_port = int((self.tmp / "experiments" / ".redis" / "port").read_text())
+            # announced under the experiments directory, where a run started from the CLI finds it (issue 15)
+            announced = self.tmp / "experiments" / ".redis_url"
+            self.assertEqual(discover_redis_url(self.tmp / "experiments"), f"redis://127.0.0.1:{redis_port}/0")
+            self.assertEqual(stat.S_IMODE(announced.stat().st_mode), 0o600)
         finally:
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=30)
         self.assertIn(proc.returncode, (0, -signal.SIGTERM), out)  # uvicorn re-raises the signal after shutdown
         self.assertEqual(out.count(token), 0)  # printed once (the first line), never again
+        self.assertFalse(announced.exists(), "the announcement goes with the server")
         import socket
         with self.assertRaises(OSError):  # the embedded Redis went with the server
             socket.create_connection(("127.0.0.1", redis_port), timeout=1).close()

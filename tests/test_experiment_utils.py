@@ -129,6 +129,25 @@ class TestCreateExperimentDir(ExperimentUtilsTestCase):
         self.assertEqual(yaml.safe_load((exp_dir / "config.yaml").read_text()), self.LM_CONFIG)
         self.assertEqual(eu.read_experiment_metadata(exp_dir), meta)
 
+    def test_the_generated_id_hashes_the_effective_config_so_overrides_change_it(self):
+        # the same YAML file run with `--set BATCH_SIZE=16` is another experiment: its id must say so
+        plain = eu.create_experiment_dir("lm", self.config, {"config.yaml": {"EMBED_DIM": 32, "BATCH_SIZE": 8}})
+        again = eu.create_experiment_dir("lm", self.config, {"config.yaml": {"BATCH_SIZE": 8, "EMBED_DIM": 32}})
+        override = eu.create_experiment_dir("lm", self.config, {"config.yaml": {"EMBED_DIM": 32, "BATCH_SIZE": 16}})
+        config_hash = lambda d: d.name.split("-config_")[1][:10]  # noqa: E731
+        self.assertEqual(config_hash(plain), config_hash(again))       # key order does not matter
+        self.assertNotEqual(config_hash(plain), config_hash(override))
+        self.assertEqual(config_hash(plain), eu.config_digest({"EMBED_DIM": 32, "BATCH_SIZE": 8})[:10])
+        rl = {"base_config.yaml": {"EMBED_DIM": 32}, "rl_config.yaml": {"RL_NUM_ENVS": 4}}
+        rl_plain = eu.create_experiment_dir("rl", self.config, rl, rl_config_path=self.rl_config)
+        rl_override = eu.create_experiment_dir("rl", self.config, {**rl, "rl_config.yaml": {"RL_NUM_ENVS": 8}},
+                                               rl_config_path=self.rl_config)
+        self.assertRegex(rl_override.name, RL_ID_PATTERN)
+        self.assertEqual(rl_plain.name.split("-rl_")[0][-10:], rl_override.name.split("-rl_")[0][-10:])
+        self.assertNotEqual(rl_plain.name.split("-rl_")[1][:10], rl_override.name.split("-rl_")[1][:10])
+        self.assertEqual(eu.read_experiment_metadata(override)["config_digest"],
+                         eu.config_digest({"EMBED_DIM": 32, "BATCH_SIZE": 16}))
+
     def test_rl_dir_records_its_source_and_both_configs(self):
         configs = {"base_config.yaml": self.LM_CONFIG, "rl_config.yaml": {"RL_NUM_ENVS": 4}}
         exp_dir = eu.create_experiment_dir("rl", self.config, configs, rl_config_path=self.rl_config,

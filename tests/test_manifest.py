@@ -34,6 +34,23 @@ class ShippedManifestTest(unittest.TestCase):
                          ["--config", "a", "--rl-config", "b", "--checkpoint", "c", "--timesteps", "5000"])
         self.assertEqual(rl.required, ["config", "rlConfig", "checkpoint"])
 
+    def test_default_job_configs_and_the_readme_job_example_train_offline(self):
+        # the Jobs form preselects each phase's configFiles, and the README's first job example is what a new user
+        # copies: both must train on the built-in corpus, not a hub dataset that fails without a network
+        import json
+        import re
+
+        from plugins.tidal.Utils import PLUGIN_DIR, PROJECT_ROOT, read_yaml
+
+        for phase in self.manifest.trainingPhases:
+            with self.subTest(phase=phase.id):
+                self.assertEqual(read_yaml(PLUGIN_DIR / phase.configFiles[0])["DATASET"], "builtin:tinytales")
+        readme = (PROJECT_ROOT / "README.md").read_text()
+        body = re.search(r"curl -X POST \S+/api/jobs .*?-d '(\{.*?\})'", readme, re.S).group(1)
+        job = json.loads(body)
+        self.assertEqual(job["type"], "lm-training")
+        self.assertEqual(read_yaml(PLUGIN_DIR / job["configPath"])["DATASET"], "builtin:tinytales")
+
     def test_checkpoint_classification_in_pattern_order(self):
         c = self.manifest.classify_checkpoint
         self.assertEqual(c("checkpoint_foundational_epoch_3.pth"), ("foundational", 3))

@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 
 from dashboard.mcp import DiskCache, TidalAPI, TidalAPIError, build_server
+from dashboard.mcp.budget import round_floats
 from dashboard.mcp.cache import cache_key
 from dashboard.server.services.plugin_registry import load_manifest
 from tests.support import (DashboardServer, EmbeddedRedis, TempDirTestCase, dashboard_settings, mcp_call, mcp_text,
@@ -256,7 +257,7 @@ class CacheThroughDashboardTest(TempDirTestCase):
         file.write_bytes(b"\x00garbage")
         self.assertEqual(self.call("get_metrics", experiment_id=DONE, max_points=10), first)
         self.assertEqual(self.requests[-1], f"/api/experiments/{DONE}/metrics")
-        self.assertEqual(json.loads(file.read_text())["body"], first)
+        self.assertEqual(round_floats(json.loads(file.read_text())["body"]), first)  # the tool rounds what it answers
 
     def test_tool_errors_are_not_cached(self):
         self.call("list_experiments")

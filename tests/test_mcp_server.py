@@ -3,12 +3,14 @@ with a real tiny experiment, readable tool errors (dashboard down, 404, 401, 409
 through `python -m dashboard.mcp` in a subprocess."""
 from __future__ import annotations
 
+import json
 import os
 import unittest
 
 import httpx
 
 from dashboard.mcp import TidalAPI, build_server
+from tests.browser import study_results, write_rl_experiment
 from tests.support import (DASHBOARD_TOKEN, PROJECT_ROOT, PYTHON, LiveDashboardTestCase, auth_headers, free_port,
                            mcp_call, mcp_text, run_mcp, write_tiny_experiment)
 
@@ -24,6 +26,7 @@ CKPT = f"experiments/{DONE}/transformer-lm_v1.0.0.pth"
 READ_TOOLS = {"list_experiments", "get_metrics", "get_rl_metrics", "get_status", "get_checkpoints", "get_evaluation",
               "get_ablation", "list_plugins", "get_plugin_manifest", "get_config", "get_jobs", "get_job_logs"}
 DESTRUCTIVE_TOOLS = {"create_job", "signal_job", "cancel_job"}
+WRITE_TOOLS = {"set_experiment_info"}
 COMPUTE_TOOLS = {"generate_text", "analyze_trajectories"}
 
 
@@ -62,7 +65,7 @@ class DashboardTestCase(LiveDashboardTestCase):
 class ToolListTest(DashboardTestCase):
     def test_tools_have_names_schemas_descriptions_and_annotations(self):
         tools = {t.name: t for t in run_mcp(self.mcp(), lambda c: c.list_tools()).tools}
-        self.assertEqual(set(tools), READ_TOOLS | DESTRUCTIVE_TOOLS | COMPUTE_TOOLS)
+        self.assertEqual(set(tools), READ_TOOLS | DESTRUCTIVE_TOOLS | COMPUTE_TOOLS | WRITE_TOOLS)
         for name, tool in tools.items():
             self.assertGreater(len(tool.description or ""), 40, name)          # tells an assistant when to use it
             self.assertEqual(tool.input_schema["type"], "object", name)
@@ -72,11 +75,16 @@ class ToolListTest(DashboardTestCase):
         for name in DESTRUCTIVE_TOOLS:
             a = tools[name].annotations
             self.assertEqual((a.read_only_hint, a.destructive_hint), (False, True), name)
+        for name in WRITE_TOOLS:
+            a = tools[name].annotations
+            self.assertEqual((a.read_only_hint, a.destructive_hint, a.idempotent_hint), (False, False, True), name)
         for name in COMPUTE_TOOLS:
             a = tools[name].annotations
             self.assertEqual((a.read_only_hint, a.destructive_hint, a.idempotent_hint), (False, False, False), name)
         metrics = tools["get_metrics"].input_schema["properties"]
-        self.assertEqual((metrics["max_points"]["default"], metrics["max_points"]["maximum"]), (200, 2000))
+        self.assertEqual((metrics["max_points"]["default"], metrics["max_points"]["maximum"]), (50, 2000))
+        for name in ("list_experiments", "get_metrics", "get_rl_metrics", "get_ablation", "get_job_logs"):
+            self.assertEqual(tools[name].input_schema["properties"]["max_bytes"]["default"], 4000, name)
         self.assertEqual(set(metrics["mode"]["enum"]), {"recent", "historical"})
         self.assertEqual(tools["get_metrics"].input_schema["required"], ["experiment_id"])
         logs = tools["get_job_logs"].input_schema["properties"]
@@ -103,7 +111,7 @@ class ReadToolsTest(DashboardTestCase):
         self.assertEqual(body["points"][-1]["step"], 299)                       # the last point is kept
         self.assertTrue(all("Learning Rate" not in p for p in body["points"]))
         default = self.call("get_metrics", experiment_id=DONE)
-        self.assertEqual(default["maxPoints"], 200)
+        self.assertEqual(default["maxPoints"], 50)
         recent = self.call("get_metrics", experiment_id=DONE, mode="recent", window=5)
         self.assertEqual([p["step"] for p in recent["points"]], [295, 296, 297, 298, 299])
 
@@ -114,8 +122,10 @@ class ReadToolsTest(DashboardTestCase):
         if HAVE_GENERATOR:
             self.assertEqual([(c["path"], c["phase"]) for c in checkpoints], [(CKPT, "final")])
         self.assertEqual(self.call("get_evaluation", experiment_id=DONE), {"experimentId": DONE, "results": None})
-        self.assertEqual(self.call("get_ablation", experiment_id=DONE), {"experimentId": DONE, "results": None})
-        self.assertEqual(self.call("get_rl_metrics", experiment_id=DONE), {"experimentId": DONE, "metrics": None})
+        none = self.call("get_ablation", experiment_id=DONE)
+        self.assertEqual((none["experimentId"], none["format"], none["verdict"]), (DONE, None, None))
+        self.assertEqual(self.call("get_rl_metrics", experiment_id=DONE),
+                         {"experimentId": DONE, "metrics": None, "historyLength": None})
 
     def test_plugins_manifest_and_configs(self):
         plugins = self.call("list_plugins")["plugins"]
@@ -171,6 +181,96 @@ class ReadToolsTest(DashboardTestCase):
         self.assertIn(f"the Tidal dashboard at {url} is not reachable", message)
 
 
+WIDE = "20260103-120000-commit_nogit-config_0123456789"
+STUDY = "20260104-120000-commit_nogit-config_0123456789-rl_abcdef0123"
+OLD_STUDY = "20260105-120000-commit_nogit-config_0123456789-rl_abcdef0123"
+BUDGET = 4000
+
+
+class SizedAnswersTest(DashboardTestCase):
+    """Answers sized for an assistant: a few KB by default, with parameters to ask for more."""
+
+    @classmethod
+    def populate(cls, root):
+        super().populate(root)
+        from MetricsLogger import MetricsLogger
+
+        exp_dir = root / WIDE
+        exp_dir.mkdir()
+        (exp_dir / "metadata.json").write_text(json.dumps({"type": "lm", "created_at": 5.0}))
+        logger = MetricsLogger(exp_dir, redis_url="", system_interval_s=None)
+        for step in range(500):
+            logger.log_metrics({f"Metric/{i:02d}": 1.0 / (step + 1 + i) for i in range(30)}, step)
+        logger.finalize("completed")
+        write_rl_experiment(root, STUDY, source=DONE)
+        write_rl_experiment(root, OLD_STUDY, source=DONE, ablation="old")
+        (root / STUDY / "rl_metrics").mkdir()
+        history = {f"series_{i}": [j / 7 for j in range(2000)] for i in range(12)}
+        (root / STUDY / "rl_metrics" / "rl_training_metrics.json").write_text(json.dumps(history))
+
+    def size(self, body) -> int:
+        return len(json.dumps(body))
+
+    def test_default_answers_fit_a_few_kilobytes(self):
+        for tool, arguments in [("list_experiments", {}), ("get_metrics", {"experiment_id": WIDE}),
+                                ("get_rl_metrics", {"experiment_id": STUDY}), ("get_ablation", {"experiment_id": STUDY})]:
+            with self.subTest(tool=tool):
+                self.assertLessEqual(self.size(self.call(tool, **arguments)), BUDGET)
+
+    def test_a_trimmed_metrics_answer_keeps_the_last_point_and_says_how_to_get_more(self):
+        body = self.call("get_metrics", experiment_id=WIDE)
+        self.assertIn("max_bytes", body["trimmed"]["hint"])
+        self.assertEqual(body["points"][-1]["step"], 499)
+        self.assertEqual(len(body["keys"]), 30)                                  # every key is still named
+        more = self.call("get_metrics", experiment_id=WIDE, max_points=100, max_bytes=400_000)
+        self.assertNotIn("trimmed", more)
+        self.assertGreater(len(more["points"]), len(body["points"]))
+        few = self.call("get_metrics", experiment_id=WIDE, keys=["Metric/03"], max_points=20)
+        self.assertNotIn("trimmed", few)
+        self.assertAlmostEqual(few["points"][-1]["Metric/03"], 1.0 / 503, delta=1e-4 / 503)  # 4+ significant digits
+
+    def test_rl_metrics_are_bounded_to_the_last_values(self):
+        body = self.call("get_rl_metrics", experiment_id=STUDY)
+        self.assertAlmostEqual(body["metrics"]["series_0"], 1999 / 7, places=1)  # the last value, not the history
+        self.assertEqual(body["historyLength"], 2000)
+        last = self.call("get_rl_metrics", experiment_id=STUDY, last_n=3, keys=["series_1"])
+        self.assertEqual(list(last["metrics"]), ["series_1"])
+        self.assertEqual(len(last["metrics"]["series_1"]), 3)
+
+    def test_get_ablation_summarises_the_study(self):
+        body = self.call("get_ablation", experiment_id=STUDY)
+        expected = study_results()
+        self.assertEqual(body["verdict"]["verdict"], "no significant difference")
+        self.assertEqual((body["verdict"]["gap"], body["verdict"]["ci"], body["verdict"]["best_family"]),
+                         (-0.012, [-0.041, 0.017], "min_p"))
+        self.assertEqual(set(body["frontiers"]), set(expected["frontier"]))
+        temperature = body["frontiers"]["temperature"]
+        self.assertLessEqual(len(temperature), 3)
+        self.assertEqual((temperature[0], temperature[-1]), (expected["frontier"]["temperature"][0],
+                                                             expected["frontier"]["temperature"][-1]))
+        self.assertEqual([p["name"] for p in body["learned"]], ["learned (seed 0)", "learned (mean over seeds)"])
+        self.assertEqual(body["oracle"]["judge_nll"], 2.55)
+        self.assertIsNone(body["human"]["diversity"])
+        self.assertIn("nats/token", body["protocol"]["quality_label"])
+        full = self.call("get_ablation", experiment_id=STUDY, frontier_points=50, max_bytes=100_000)
+        self.assertEqual(full["frontiers"]["temperature"], expected["frontier"]["temperature"])
+
+    def test_old_ablation_results_say_to_rerun_the_study(self):
+        body = self.call("get_ablation", experiment_id=OLD_STUDY)
+        self.assertIn("rerun", body["note"])
+        self.assertIsNone(body["verdict"])
+
+    def test_set_experiment_info_names_and_tags_a_run_for_search(self):
+        self.assertIn("TIDAL_API_TOKEN", self.error("set_experiment_info", token=None, experiment_id=WIDE, name="x"))
+        body = self.call("set_experiment_info", experiment_id=WIDE, name="thirty metrics", tags=["wide", "synthetic"],
+                         notes="made by the test")
+        self.assertEqual((body["experiment"]["name"], body["experiment"]["tags"]), ("thirty metrics", ["wide", "synthetic"]))
+        found = self.call("list_experiments", search="synthetic")
+        self.assertEqual([e["id"] for e in found["experiments"]], [WIDE])
+        self.assertEqual(found["total"], 1)
+        limited = self.call("list_experiments", limit=2)
+        self.assertEqual((len(limited["experiments"]), limited["total"]), (2, 5))
+
 class JobToolsTest(DashboardTestCase):
     def test_create_signal_cancel_and_logs(self):
         config = {"type": "lm-training", "config_path": "configs/base_config.yaml"}
@@ -212,13 +312,40 @@ class JobToolsTest(DashboardTestCase):
 
 @unittest.skipUnless(HAVE_GENERATOR, "plugins.tidal.Generator.load_generator is not available")
 class GenerationToolsTest(DashboardTestCase):
+    RL = "20260103-120000-commit_nogit-config_0123456789-rl_0123456789"
+
+    @classmethod
+    def populate(cls, root):
+        from tests.test_dashboard_generate import make_rl_checkpoint
+
+        super().populate(root)
+        make_rl_checkpoint(root, cls.RL, DONE)
+
     def test_generate_text(self):
         body = self.call("generate_text", checkpoint=CKPT, prompt="Once upon a time", max_tokens=10, seed=7)
         self.assertTrue(body["text"].startswith("Once upon a time"))
         self.assertTrue(0 < body["tokensGenerated"] <= 10)
+        self.assertEqual(body["stopReason"], "length")
         gated = self.call("generate_text", checkpoint=CKPT, prompt="Once", max_tokens=10, seed=7,
                           gating_mode="fixed", modulation=0.25)
         self.assertEqual(len(gated["trajectory"]["tokenIds"]), gated["tokensGenerated"])
+
+    def test_generate_text_with_each_decoder(self):
+        for arguments, applied in (({"decoder": "mirostat", "tau": 2.5, "eta": 0.2}, {"tau": 2.5, "eta": 0.2}),
+                                   ({"decoder": "min_p", "min_p": 0.2}, {"min_p": 0.2}),
+                                   ({"decoder": "edt", "edt_t0": 0.9, "edt_theta": 1.5, "edt_n": 0.7},
+                                    {"t0": 0.9, "theta": 1.5, "n": 0.7}), ({"decoder": "greedy"}, {})):
+            with self.subTest(**arguments):
+                body = self.call("generate_text", checkpoint=CKPT, prompt="Once", max_tokens=10, seed=7, **arguments)
+                self.assertEqual(body["decoder"]["decoder"], arguments["decoder"])
+                for key, value in applied.items():
+                    self.assertAlmostEqual(body["decoder"][key], value)
+        self.assertIn("mirostat", self.error("generate_text", checkpoint=CKPT, prompt="Once", decoder="beam"))
+
+    def test_generate_text_learned_defaults_to_the_agents_own_lm(self):
+        body = self.call("generate_text", prompt="Once", max_tokens=10, seed=7, gating_mode="learned",
+                         rl_checkpoint=f"experiments/{self.RL}/rl_checkpoint_final.pth")
+        self.assertEqual((body["checkpoint"], body["warnings"]), (CKPT, []))
 
     def test_out_of_range_parameter_is_a_422_naming_the_field(self):
         message = self.error("generate_text", checkpoint=CKPT, prompt="Once", temperature=5.0)
@@ -256,7 +383,7 @@ class TransportTest(DashboardTestCase):
             return {t.name for t in tools.tools}, result
 
         names, result = run_mcp(params, scenario)
-        self.assertEqual(len(names), 17)
+        self.assertEqual(len(names), 18)
         self.assertFalse(result.is_error, mcp_text(result))
         self.assertEqual({e["id"] for e in result.structured_content["experiments"]}, {DONE, RUNNING})
 

@@ -75,14 +75,21 @@ class TidalAPI:
     async def post(self, path: str, body: dict[str, Any] | None = None, *, auth: bool = False,
                    headers: dict[str, str] | None = None) -> Any:
         """POST JSON `body` (None values dropped); `auth` sends the bearer token (a missing token is an error)."""
+        json_body = {k: v for k, v in (body or {}).items() if v is not None}
+        return await self._request("POST", path, json=json_body, headers=self._headers(path, auth, headers))
+
+    async def patch(self, path: str, body: dict[str, Any]) -> Any:
+        """PATCH JSON `body` as given (a None value means "clear this field"), with the bearer token."""
+        return await self._request("PATCH", path, json=body, headers=self._headers(path, True, None))
+
+    def _headers(self, path: str, auth: bool, headers: dict[str, str] | None) -> dict[str, str]:
         headers = dict(headers or {})
         if auth:
             if not self.token:
                 raise TidalAPIError(f"TIDAL_API_TOKEN missing or wrong: {path} needs the dashboard's token "
                                     "(set TIDAL_API_TOKEN to the dashboard's TIDAL_AUTH_TOKEN)", 401)
             headers["Authorization"] = f"Bearer {self.token}"
-        json_body = {k: v for k, v in (body or {}).items() if v is not None}
-        return await self._request("POST", path, json=json_body, headers=headers)
+        return headers
 
     async def _fetch(self, path: str, params: dict[str, Any]) -> Any:
         return await self._request("GET", path, params=params)

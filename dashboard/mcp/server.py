@@ -15,14 +15,18 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
+from .budget import (DEFAULT_MAX_BYTES, MAX_BYTES_LIMIT, fit_list, last_values, round_floats, size,
+                     summarise_ablation)
 from .client import TidalAPI, TidalAPIError
 
 INSTRUCTIONS = (
     "Tools for Tidal, a gated Transformer language model with a PPO controller that modulates its gates. Start "
     "with list_experiments to find ids and statuses; read a run with get_status, get_metrics (bounded by "
     "max_points), get_rl_metrics, get_checkpoints, get_evaluation, get_ablation; look at jobs with get_jobs and "
-    "get_job_logs. create_job, signal_job and cancel_job change running training and need TIDAL_API_TOKEN: ask "
-    "the user before calling them. generate_text and analyze_trajectories run the model (rate limited)."
+    "get_job_logs. Answers are kept to about max_bytes (4000 by default) and say in `trimmed` what was cut; ask "
+    "for fewer keys or a larger max_bytes to see more. set_experiment_info names and tags a run. create_job, "
+    "signal_job and cancel_job change running training and need TIDAL_API_TOKEN: ask the user before calling "
+    "them. generate_text and analyze_trajectories run the model (rate limited)."
 )
 
 READ = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
@@ -30,6 +34,7 @@ DESTRUCTIVE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idemp
                               open_world_hint=False)
 COMPUTE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
                           open_world_hint=False)
+WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
 MAX_POINTS_LIMIT = 2000
 MAX_LOG_LINES = 1000
@@ -42,6 +47,11 @@ Checkpoint = Annotated[str, Field(min_length=1, max_length=1024, description="Ch
                                   "get_checkpoints, e.g. experiments/<id>/transformer-lm_v1.0.0.pth")]
 GatingMode = Literal["none", "fixed", "random", "learned"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+MaxBytes = Annotated[int, Field(ge=500, le=MAX_BYTES_LIMIT, description="Most characters of JSON in the answer; "
+                                "past it the longest list is cut and `trimmed` says so")]
+SUMMARY_FIELDS = ("id", "name", "tags", "type", "status", "createdAt", "live", "sourceExperiment", "hasMetrics",
+                  "hasRLMetrics", "hasEvaluation", "hasAblation", "checkpoints")
+NOTES_PREVIEW = 200
 
 
 def _seg(value: str) -> str:
@@ -73,41 +83,105 @@ def build_server(api: TidalAPI, log_level: LogLevel = "WARNING") -> MCPServer:
 
     # ------------------------------------------------------------------------------------------ experiments
     @mcp.tool(annotations=READ)
-    async def list_experiments() -> dict[str, Any]:
-        """List every experiment (LM and RL) with its id, type, status, creation time and what it has on disk.
+    async def list_experiments(
+        search: Annotated[str | None, Field(max_length=200, description="Only runs whose id, name, tags or notes "
+                                            "contain this text (case-insensitive)")] = None,
+        limit: Annotated[int, Field(ge=1, le=1000, description="Most runs to return, newest first")] = 20,
+        max_bytes: MaxBytes = DEFAULT_MAX_BYTES,
+    ) -> dict[str, Any]:
+        """Experiments (LM and RL), newest first: id, name, tags, type, status, creation time, whether it is live,
+        its source run, what results it has, its checkpoint files, and the first characters of its notes.
 
-        Use this first, to find an experiment id or to see which runs are training, completed or failed."""
-        return await _answer(api.get("/api/experiments"))
+        Returns {experiments: [...], total, shown}. Use this first, to find an experiment id or to see which runs
+        are training, completed or failed; `search` finds runs by name or tag."""
+        body = await _answer(api.get("/api/experiments"))
+        runs = body.get("experiments") or []
+        if search:
+            needle = search.lower()
+            runs = [e for e in runs if needle in " ".join([e.get("id") or "", e.get("name") or "", e.get("notes") or "",
+                                                           *(e.get("tags") or [])]).lower()]
+        rows = []
+        for e in runs[:limit]:
+            row = {k: e.get(k) for k in SUMMARY_FIELDS}
+            if e.get("notes"):
+                row["notes"] = e["notes"][:NOTES_PREVIEW]
+            rows.append(row)
+        return fit_list({"experiments": rows, "total": len(runs), "shown": len(rows)}, "experiments", max_bytes,
+                        keep="head", hint="use `search` or a smaller `limit`, or raise max_bytes")
+
+    @mcp.tool(annotations=WRITE)
+    async def set_experiment_info(
+        experiment_id: ExperimentId,
+        name: Annotated[str | None, Field(max_length=200, description="A short human name; \"\" clears it")] = None,
+        tags: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]] | None,
+                        Field(max_length=32, description="The run's tags (replaces them; [] clears)")] = None,
+        notes: Annotated[str | None, Field(max_length=20_000, description="Free-text notes (replaces them)")] = None,
+    ) -> dict[str, Any]:
+        """Name, tag or annotate a run (kept in its metadata.json); arguments left out are not changed.
+
+        Needs TIDAL_API_TOKEN. Returns {experiment: summary with name, tags, notes}."""
+        body = {k: v for k, v in (("name", name), ("tags", tags), ("notes", notes)) if v is not None}
+        if not body:
+            raise ToolError("give at least one of name, tags, notes")
+        return await _answer(api.patch(f"/api/experiments/{_seg(experiment_id)}", body))
 
     @mcp.tool(annotations=READ)
     async def get_metrics(
         experiment_id: ExperimentId,
         max_points: Annotated[int, Field(ge=10, le=MAX_POINTS_LIMIT, description="Most points per metric "
-                                         "(min/max downsampled, last point kept)")] = 200,
+                                         "(min/max downsampled, last point kept)")] = 50,
         keys: Annotated[list[str] | None, Field(max_length=64, description="Only these metric names, e.g. "
                                                 "['Losses/Total', 'Learning Rate']; default all")] = None,
         mode: Annotated[Literal["historical", "recent"], Field(description="historical: the whole run, "
                                                                "downsampled; recent: the last `window` steps")]
         = "historical",
-        window: Annotated[int, Field(ge=1, le=MAX_POINTS_LIMIT, description="Steps for mode=recent")] = 200,
+        window: Annotated[int, Field(ge=1, le=MAX_POINTS_LIMIT, description="The last N steps for mode=recent")]
+        = 200,
+        series: Annotated[Literal["lm", "rl", "system"], Field(description="lm: the LM training history; rl: the "
+                                                               "PPO history; system: CPU %, RSS MB, GPU samples")]
+        = "lm",
+        max_bytes: MaxBytes = DEFAULT_MAX_BYTES,
     ) -> dict[str, Any]:
-        """Training metric history of an LM experiment (loss, learning rate, perplexity, throughput …), bounded.
+        """Metric history of a run (loss, learning rate, perplexity, throughput …; or the RL or system series).
 
-        Use this to judge how a run is learning: trends, spikes, the last values. Ask for a few `keys` and a small
-        `max_points` to keep the answer short; the response lists all available `keys`."""
-        params: dict[str, Any] = {"mode": mode, "maxPoints": max_points}
+        Returns {points: [{step, timestamp, key: value}], keys: every metric name available, originalCount,
+        downsampled, trimmed?}; values rounded to 5 significant digits. Use this to judge how a run is learning:
+        trends, spikes, the last values. Ask for a few `keys` to see more points within the budget."""
+        params: dict[str, Any] = {"mode": mode, "maxPoints": max_points, "series": series}
         if mode == "recent":
             params["window"] = window
         if keys:
             params["keys"] = ",".join(keys)
-        return await _answer(api.get(f"/api/experiments/{_seg(experiment_id)}/metrics", params))
+        body = round_floats(await _answer(api.get(f"/api/experiments/{_seg(experiment_id)}/metrics", params)))
+        return fit_list(body, "points", max_bytes, hint="points thinned evenly (last kept) to fit max_bytes: ask "
+                        "for fewer `keys`, mode=recent with a small `window`, or raise max_bytes")
 
     @mcp.tool(annotations=READ)
-    async def get_rl_metrics(experiment_id: ExperimentId) -> dict[str, Any]:
-        """Latest PPO diagnostics of an RL experiment (reward, policy/value loss, entropy, approx_kl, λ …).
+    async def get_rl_metrics(
+        experiment_id: ExperimentId,
+        keys: Annotated[list[str] | None, Field(max_length=64, description="Only these names, e.g. "
+                                                "['episode_rewards', 'approx_kl']; default all")] = None,
+        last_n: Annotated[int, Field(ge=1, le=1000, description="Values per metric from the end of its history "
+                                     "(1: the latest value itself)")] = 1,
+        max_bytes: MaxBytes = DEFAULT_MAX_BYTES,
+    ) -> dict[str, Any]:
+        """Latest PPO diagnostics of an RL experiment (episode reward per episode, reward components per token,
+        policy/value loss, entropy, approx_kl, λ …).
 
-        Use this for RL runs (type "rl"); LM runs have none."""
-        return await _answer(api.get(f"/api/experiments/{_seg(experiment_id)}/rl-metrics"))
+        Returns {metrics: {name: latest value, or its last `last_n` values}, historyLength}. Use this for RL runs
+        (type "rl"); LM runs have none. For a downsampled history use get_metrics with series="rl"."""
+        body = await _answer(api.get(f"/api/experiments/{_seg(experiment_id)}/rl-metrics"))
+        metrics, longest = last_values(body.get("metrics"), last_n, keys)
+        answer = round_floats({**body, "metrics": metrics, "historyLength": longest})
+        if isinstance(metrics, dict) and size(answer) > max_bytes:  # too many keys: keep those that fit, name the rest
+            names = list(metrics)
+            fitted = fit_list({**answer, "metrics": names}, "metrics", max_bytes, keep="head")
+            kept = fitted["metrics"]
+            answer = {**answer, "metrics": {k: answer["metrics"][k] for k in kept}, "omittedKeys": names[len(kept):]}
+            while size(answer) > max_bytes and answer["metrics"]:
+                answer["metrics"].pop(next(reversed(answer["metrics"])))
+                answer["omittedKeys"].insert(0, names[len(answer["metrics"])])
+        return answer
 
     @mcp.tool(annotations=READ)
     async def get_status(experiment_id: ExperimentId) -> dict[str, Any]:
@@ -129,11 +203,22 @@ def build_server(api: TidalAPI, log_level: LogLevel = "WARNING") -> MCPServer:
         return await _answer(api.get(f"/api/experiments/{_seg(experiment_id)}/evaluation"))
 
     @mcp.tool(annotations=READ)
-    async def get_ablation(experiment_id: ExperimentId) -> dict[str, Any]:
-        """The ablation results of an RL experiment (learned controller vs baselines), or null if none yet.
+    async def get_ablation(
+        experiment_id: ExperimentId,
+        frontier_points: Annotated[int, Field(ge=2, le=100, description="Points per family frontier (evenly "
+                                              "spaced, both ends kept)")] = 3,
+        max_bytes: MaxBytes = DEFAULT_MAX_BYTES,
+    ) -> dict[str, Any]:
+        """The held-out decoding study of an RL run in brief: does the learned controller beat tuned fixed decoders?
 
-        Use this to tell whether the learned gating beats the fixed/random baselines."""
-        return await _answer(api.get(f"/api/experiments/{_seg(experiment_id)}/ablation"))
+        Returns {verdict: {verdict, gap, ci, best_family, at_diversity, oracle_gap, oracle_ci, text}, protocol
+        (metric labels, prompt and seed counts), frontiers: {family: [[diversity, judge_nll], ...]}, learned: [points
+        with CIs], oracle, human}; judge NLL is nats/token, lower is better. Old-format results give a note to rerun
+        the study; a run without a study gives format null."""
+        body = await _answer(api.get(f"/api/experiments/{_seg(experiment_id)}/ablation"))
+        summary = round_floats({"experimentId": experiment_id,
+                                **summarise_ablation(body.get("results"), frontier_points)})
+        return fit_list(summary, "learned", max_bytes, keep="head", hint="fewer frontier_points, or raise max_bytes")
 
     # ------------------------------------------------------------------------------------------ plugins
     @mcp.tool(annotations=READ)
@@ -180,11 +265,15 @@ def build_server(api: TidalAPI, log_level: LogLevel = "WARNING") -> MCPServer:
         job_id: JobId,
         offset: Annotated[int, Field(ge=0, le=10**9, description="First line to return (0 = oldest kept)")] = 0,
         limit: Annotated[int, Field(ge=1, le=MAX_LOG_LINES, description="Most lines to return")] = 200,
+        max_bytes: MaxBytes = DEFAULT_MAX_BYTES,
     ) -> dict[str, Any]:
-        """Captured stdout/stderr lines of a job, paginated (`totalLines` tells how many there are).
+        """Captured stdout/stderr lines of a job, paginated: {lines: [{timestamp, stream, line}], totalLines, offset}.
 
-        Use this to diagnose a failed job or watch progress; page with offset = previous offset + lines read."""
-        return await _answer(api.get(f"/api/jobs/{_seg(job_id)}/logs", {"offset": offset, "limit": limit}))
+        Use this to diagnose a failed job or watch progress; page with offset = previous offset + lines read (fewer
+        than `limit` when max_bytes cut the page: `trimmed` says how many)."""
+        body = await _answer(api.get(f"/api/jobs/{_seg(job_id)}/logs", {"offset": offset, "limit": limit}))
+        return fit_list(body, "lines", max_bytes, keep="head",
+                        hint="page on from offset + kept, or raise max_bytes")
 
     @mcp.tool(annotations=DESTRUCTIVE)
     async def create_job(
@@ -231,26 +320,48 @@ def build_server(api: TidalAPI, log_level: LogLevel = "WARNING") -> MCPServer:
     # ------------------------------------------------------------------------------------------ generation
     @mcp.tool(annotations=COMPUTE)
     async def generate_text(
-        checkpoint: Checkpoint,
         prompt: Annotated[str, Field(min_length=1, max_length=4000, description="Text to continue")],
+        checkpoint: Annotated[str | None, Field(max_length=1024, description="LM checkpoint as listed by "
+                                                "get_checkpoints, e.g. experiments/<id>/transformer-lm_v1.0.0.pth; "
+                                                "required unless gating_mode=learned, where the default is the LM "
+                                                "the RL agent was trained on")] = None,
         max_tokens: Annotated[int, Field(ge=10, le=500, description="Tokens to generate (10-500)")] = 50,
+        decoder: Annotated[str | None, Field(max_length=32, description="gating_mode=none only: plain (temperature, "
+                                             "top_k, top_p, repetition_penalty; the default), greedy, min_p (min_p, "
+                                             "temperature), mirostat (tau, eta, temperature) or edt (edt_t0, "
+                                             "edt_theta, edt_n)")] = None,
         temperature: Annotated[float | None, Field(gt=0, le=10, description="Sampling temperature")] = None,
         top_k: Annotated[int | None, Field(ge=1, le=100_000, description="Top-k filter")] = None,
         top_p: Annotated[float | None, Field(gt=0, le=1, description="Nucleus filter")] = None,
-        gating_mode: Annotated[GatingMode, Field(description="none: plain model; fixed: constant modulation; "
-                                                 "random; learned: the RL controller (needs rl_checkpoint)")]
-        = "none",
+        min_p: Annotated[float | None, Field(ge=0, lt=1, description="Min-p: keep tokens with p >= min_p * p_max")]
+        = None,
+        repetition_penalty: Annotated[float | None, Field(gt=0, description="Repetition penalty (1 = off)")] = None,
+        tau: Annotated[float | None, Field(gt=0, description="Mirostat target surprise in bits")] = None,
+        eta: Annotated[float | None, Field(gt=0, description="Mirostat learning rate")] = None,
+        edt_t0: Annotated[float | None, Field(gt=0, description="EDT base temperature")] = None,
+        edt_theta: Annotated[float | None, Field(gt=0, description="EDT theta")] = None,
+        edt_n: Annotated[float | None, Field(gt=0, lt=1, description="EDT N")] = None,
+        gating_mode: Annotated[GatingMode, Field(description="none: the model with `decoder`; fixed: constant "
+                                                 "modulation; random; learned: the RL controller (needs "
+                                                 "rl_checkpoint). Gated modes set the sampling parameters per "
+                                                 "token themselves, so they take no decoder parameters")] = "none",
         rl_checkpoint: Annotated[str | None, Field(max_length=1024, description="RL checkpoint for learned")]
         = None,
         modulation: Annotated[float | None, Field(description="Modulation for gating_mode=fixed")] = None,
         seed: Annotated[int | None, Field(ge=0, le=2**31 - 1, description="Seed for a reproducible sample")]
         = None,
     ) -> dict[str, Any]:
-        """Generate a continuation of `prompt` with a checkpoint; gated modes also return the per-token trajectory.
+        """Generate a continuation of `prompt`. Returns text, tokensGenerated, stopReason ("eos": the model ended
+        the text; "length": max_tokens reached), the checkpoint and decoder used, warnings (e.g. an RL agent paired
+        with an LM it was not trained on), and for gated modes the per-token trajectory (action and the sampling
+        parameters it set).
 
-        Use this to show what a model writes or how gating changes it. Rate limited (429 says when to retry)."""
-        body = {"checkpoint": checkpoint, "prompt": prompt, "maxTokens": max_tokens, "temperature": temperature,
-                "topK": top_k, "topP": top_p, "gatingMode": gating_mode, "rlCheckpoint": rl_checkpoint,
+        Use this to show what a model writes, how a decoder or gating changes it. Rate limited (429 says when to
+        retry)."""
+        body = {"checkpoint": checkpoint, "prompt": prompt, "maxTokens": max_tokens, "decoder": decoder,
+                "temperature": temperature, "topK": top_k, "topP": top_p, "minP": min_p,
+                "repetitionPenalty": repetition_penalty, "tau": tau, "eta": eta, "edtT0": edt_t0,
+                "edtTheta": edt_theta, "edtN": edt_n, "gatingMode": gating_mode, "rlCheckpoint": rl_checkpoint,
                 "modulation": modulation, "seed": seed}
         return await _answer(api.post("/api/generate", body))
 

@@ -141,10 +141,21 @@ async def start_services(settings: Settings, registry: PluginRegistry) -> Servic
         experiments=ExperimentService(settings, manifest, redis), generation=GenerationService(settings, registry),
         redis_url=redis_url, embedded_redis=embedded, started_at=time.time())
     monitor.start()
+    # runs started from the command line (REDIS_URL unset) find this Redis here and chart live with no set-up
+    from redis_launcher import announce_redis_url
+
+    try:
+        announce_redis_url(settings.experiments_dir, redis_url)
+    except OSError as exc:  # a read-only experiments directory costs CLI runs their live view, nothing else
+        log.warning("could not announce the Redis URL in %s (%s); CLI runs need REDIS_URL to chart live",
+                    settings.experiments_dir, exc)
     return services
 
 
 async def stop_services(services: Services) -> None:
+    from redis_launcher import withdraw_redis_url
+
+    withdraw_redis_url(services.settings.experiments_dir, services.redis_url)
     await services.monitor.stop()
     for provider in services.providers.values():  # workers keep running (a restart loses no job); reap the dead
         reap = getattr(provider, "reap", None)

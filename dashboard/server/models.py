@@ -84,10 +84,60 @@ class ExperimentSummary(BaseModel):
     hasAblation: bool
     checkpoints: list[str]
     onDisk: bool
+    error: str | None = Field(None, description="why the run failed (its status record)")
+    logTail: str | None = Field(None, description="a failed run's last log lines (its newest *.log file)")
+    name: str | None = Field(None, description="a human name for the run (metadata.json)")
+    tags: list[str] = Field(default_factory=list, description="labels for search and filtering (metadata.json)")
+    notes: str | None = Field(None, description="free text about the run (metadata.json)")
 
 
 class ExperimentsResponse(BaseModel):
     experiments: list[ExperimentSummary]
+
+
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+
+
+class ExperimentInfoRequest(Request):
+    """A run's name, tags and notes; a field left out is kept, null clears it."""
+    name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
+    tags: list[Tag] | None = Field(None, max_length=32)
+    notes: str | None = Field(None, max_length=20_000)
+
+
+class ExperimentResponse(BaseModel):
+    experiment: ExperimentSummary
+
+
+class RunRow(BaseModel):
+    id: str
+    type: Literal["lm", "rl", "unknown"]
+    name: str | None
+    tags: list[str]
+    status: str | None
+    createdAt: float | None
+    params: dict[str, Any] = Field(description="the effective config saved with the run, nested keys dotted")
+    final: dict[str, float] = Field(description="the last value of each metric series")
+
+
+class RunsTableResponse(BaseModel):
+    runs: list[RunRow]
+    paramKeys: list[str]
+    metricKeys: list[str]
+
+
+class ConfigDifference(BaseModel):
+    key: str
+    a: Any = None
+    b: Any = None
+    change: Literal["changed", "added", "removed"]
+
+
+class ConfigDiffResponse(BaseModel):
+    experimentId: str
+    other: str
+    differences: list[ConfigDifference]
+    same: int = Field(description="how many keys are equal in both")
 
 
 class MetricsResponse(BaseModel):
@@ -243,21 +293,32 @@ class IngestResponse(BaseModel):
 
 # ---------------------------------------------------------------------------------------------- generation
 class GenerateRequest(Request):
-    checkpoint: PathStr
+    """Ranges, which parameters each decoder takes and the valid decoder names come from the manifest (422 naming
+    the field when broken). The sampling parameters belong to gating mode none; gated modes set them per token."""
+    checkpoint: PathStr | None = Field(None, description="LM checkpoint; in learned mode, default: the LM the RL "
+                                                         "agent was trained on")
     prompt: str = Field(min_length=1, max_length=4000)
     maxTokens: int | None = Field(default=None, strict=True)
+    decoder: str | None = Field(None, max_length=32, description="plain (default) | greedy | min_p | mirostat | edt")
     temperature: float | None = None
     topK: int | None = Field(default=None, strict=True)
     topP: float | None = None
+    minP: float | None = None
+    repetitionPenalty: float | None = None
+    tau: float | None = Field(None, description="Mirostat: target surprise in bits")
+    eta: float | None = Field(None, description="Mirostat: learning rate")
+    edtT0: float | None = Field(None, description="EDT: base temperature")
+    edtTheta: float | None = Field(None, description="EDT: theta")
+    edtN: float | None = Field(None, description="EDT: N in (0, 1)")
     gatingMode: GatingMode = "none"
     rlCheckpoint: PathStr | None = None
-    modulation: float | None = None
+    modulation: float | None = Field(None, description="the action for gating mode fixed")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1, strict=True)
 
 
 class Trajectory(Response):
-    gateSignals: list = []
-    effects: list = []
+    gateSignals: list = Field([], description="the controller's action per token")
+    effects: list = Field([], description="the sampling parameters that action set, per token")
     tokenIds: list[int] = []
     tokenTexts: list[str] = []
 
@@ -265,8 +326,13 @@ class Trajectory(Response):
 class GenerateResponse(Response):
     text: str
     tokensGenerated: int
+    stopReason: Literal["eos", "length"] = Field(description="eos: the model ended the text; length: maxTokens")
     elapsedMs: float
     gatingMode: GatingMode | None = None
+    checkpoint: str | None = Field(None, description="the LM checkpoint that generated")
+    decoder: dict[str, Any] | None = Field(None, description="the decoder and the parameters it applied")
+    warnings: list[str] = Field(default_factory=list, description="e.g. an RL agent paired with an LM it was not "
+                                                                  "trained on")
     trajectory: Trajectory | None = None
 
 

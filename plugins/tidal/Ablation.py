@@ -1,540 +1,371 @@
-"""Ablation of the gating controller against constant modulation and classic decoders (SPEC §7, ADR 0011).
+"""The decoding study: can the learned controller beat every tuned fixed decoder at matched diversity? (ADR 0015)
 
-Every policy plays the SAME held-out prompts, once per seed, through the SAME `GatingEnvironment` (same KV-cached
-batched forward, same observation, same `RewardComputer` with bigram statistics). The modulated policies (random,
-fixed m, the grid of constants, the learned agent) drive the environment's default `ModulatedDecoder`. The decoding
-baselines plug into the environment as decoders:
-  PlainDecoder        fixed temperature / top-k / top-p (/ repetition penalty)
-  MinPDecoder         keep tokens with p ≥ min_p · p_max
-  MirostatV2Decoder   per-row μ; drop tokens whose surprise (bits) exceeds μ; μ ← μ − η (surprise − τ)
+Protocol, in the order it runs:
+1. Prompt sets cut from different stories the LM never trained on (StudyData): train (the RL environment's), dev
+   (tuning) and test (the verdict), each prompt played as K samples (K = RL_SAMPLES_PER_PROMPT sampling streams).
+2. Every fixed family is swept on DEV over a grid of comparable size: temperature, top-p × T, top-k × T, min-p × T,
+   Mirostat (τ around the LM's own cross-entropy on dev text), EDT, greedy, and the constants of the controller's
+   own action space. Each family's dev Pareto frontier (held-out quality vs set diversity) is replayed on TEST.
+3. The learned controller (one per RL seed), the per-token oracle over its action space and the prompts' true
+   continuations (the human point) are measured on TEST with the same held-out measures: NLL under the EVALUATION
+   judge (neither the generator nor the training reward's judge), 4-gram precision against the judge's disjoint
+   sample, set distinct-2 over the K samples, distinct-n and self-BLEU at a fixed sample count, rep-4, length and
+   EOT rate. The training reward is reported as a diagnostic only.
+4. The verdict (StudyMetrics.frontier_gap): the learned point against every family's interpolated test frontier at
+   its own diversity, with a paired bootstrap over prompts; a win only when the whole CI lies above zero.
 
-Prompts run in waves of N environments. Prompt p always plays in its own token-noise stream (seed, p), whatever the
-policy and N. The comparison is therefore paired, and the statistics bootstrap over episodes.
+Every decoder plays through the same `GatingEnvironment` (same batched KV-cached forward, same prompts, same
+per-(prompt, sample) random streams: common random numbers), so differences are the decoders'.
 """
 from __future__ import annotations
 
+import itertools
 import math
-import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from plugins.tidal.GatingEnvironment import GatingEnvironment
-from plugins.tidal.GatingModulator import FixedGatingPolicy, GatingEffects, GatingModulator, RandomGatingPolicy
-from plugins.tidal.RewardComputer import COMPONENTS
-from plugins.tidal.TransformerLM import apply_repetition_penalty, filter_logits
+from plugins.tidal.DataPipeline import EOT_TOKEN_ID
+from plugins.tidal.Decoding import ControlledDecoder, EDTDecoder, MirostatDecoder, PlainDecoder
+from plugins.tidal.GatingEnvironment import GatingEnvironment, OraclePolicy
+from plugins.tidal.GatingModulator import FixedGatingPolicy
+from plugins.tidal.StudyData import PromptSet
+from plugins.tidal.StudyMetrics import bootstrap_mean_ci, corpus_measures, frontier_gap, measure, pareto_frontier
 from plugins.tidal.Utils import atomic_write_json
 
 RESULTS_FILE = "ablation_results.json"
-TRAJECTORY_FILE = "trajectory_report.json"
-TIMING_KEYS = frozenset({"tokens_per_second", "wall_seconds", "timestamp"})  # differ between identical runs
 CI_LEVEL = 0.95
 BOOTSTRAP_SEED = 0
-LN2 = math.log(2.0)
-VERDICTS = ("learned beats best constant", "no significant difference", "best constant beats learned")
+PRIMARY_QUALITY = "judge_nll"        # lower is better; the frontier's quality axis is its negative
+PRIMARY_DIVERSITY = "set_distinct_2"
+FAMILY_LABELS = {
+    "temperature": "temperature sweep", "top_p": "top-p × T", "top_k": "top-k × T", "min_p": "min-p × T",
+    "mirostat": "Mirostat v2 (τ around the LM's cross-entropy)", "edt": "EDT (T0 · N^(θ/H))", "greedy": "greedy",
+    "constant_action": "constants of the controller's action space",
+}
 
 
-# ------------------------------------------------------------------------------------------- decoders
-class PlainDecoder:
-    """Fixed sampling parameters for every row: repetition penalty (1.0 = off), temperature, top-k, top-p."""
+# ------------------------------------------------------------------------------------------- the grids
+def family_grids(rl_config: dict, model_ce_bits: float, action_space=None) -> dict[str, list[tuple[dict, Callable]]]:
+    """{family: [(params, decoder factory), ...]}; the factories make fresh (stateful) decoders per wave. The
+    constants of the controller's action space are a family only when an action space is given."""
+    temps = [float(t) for t in rl_config["RL_STUDY_TEMPERATURES"]]
+    grid_temps = [float(t) for t in rl_config["RL_STUDY_GRID_TEMPERATURES"]]
 
-    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0):
-        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
-        self.repetition_penalty = float(repetition_penalty)
+    def plain(**p):
+        return p, lambda: PlainDecoder(**p)
 
-    @classmethod
-    def at_modulation(cls, modulator: GatingModulator, m: float = 0.5) -> "PlainDecoder":
-        """The modulator's temperature, top-k and top-p at `m`, without its repetition penalty."""
-        effects = modulator(torch.tensor([float(m)]))
-        return cls(float(effects.temperature[0]), int(effects.top_k[0]), float(effects.top_p[0]))
-
-    def decode(self, logits: torch.Tensor, seen: torch.Tensor, m: torch.Tensor):
-        if self.repetition_penalty != 1.0:
-            logits = apply_repetition_penalty(logits, seen, self.repetition_penalty)
-        modulated = filter_logits(logits, temperature=self.temperature)
-        sampling = filter_logits(modulated, top_k=self.top_k, top_p=self.top_p)
-        B, device = logits.shape[0], logits.device
-        effects = GatingEffects(temperature=torch.full((B,), self.temperature, device=device),
-                                repetition_penalty=torch.full((B,), self.repetition_penalty, device=device),
-                                top_k=torch.full((B,), self.top_k, dtype=torch.long, device=device),
-                                top_p=torch.full((B,), self.top_p, device=device))
-        return modulated, sampling, effects
-
-    def observe(self, token: torch.Tensor, sampling_logits: torch.Tensor) -> None:
-        """Stateless."""
-
-    def reset_rows(self, rows: torch.Tensor) -> None:
-        """Stateless."""
-
-    def describe(self) -> str:
-        return (f"T={self.temperature:.3g}, top-k={self.top_k}, top-p={self.top_p:.3g}, "
-                f"repetition penalty={self.repetition_penalty:.3g}")
+    grids = {
+        "temperature": [plain(temperature=t) for t in temps],
+        "top_p": [plain(temperature=t, top_p=float(p)) for t, p in
+                  itertools.product(grid_temps, rl_config["RL_STUDY_TOP_PS"])],
+        "top_k": [plain(temperature=t, top_k=int(k)) for t, k in
+                  itertools.product(grid_temps, rl_config["RL_STUDY_TOP_KS"])],
+        "min_p": [plain(temperature=t, min_p=float(p)) for t, p in
+                  itertools.product(grid_temps, rl_config["RL_STUDY_MIN_PS"])],
+        "mirostat": [({"tau": round(model_ce_bits * f, 3), "eta": 0.1},
+                      lambda f=f: MirostatDecoder(tau=model_ce_bits * f, eta=0.1))
+                     for f in rl_config["RL_STUDY_MIROSTAT_TAU_FACTORS"]],
+        "edt": [({"t0": float(t0), "theta": float(th), "n": 0.8},
+                 lambda t0=t0, th=th: EDTDecoder(t0=float(t0), theta=float(th), n=0.8))
+                for t0, th in itertools.product(rl_config["RL_STUDY_EDT_T0S"], rl_config["RL_STUDY_EDT_THETAS"])],
+        "greedy": [plain(temperature=0.0)],
+    }
+    if action_space is None:
+        return grids
+    grids["constant_action"] = [({"action": a, **action_space(torch.tensor([a])).row(0)},
+                                 lambda: ControlledDecoder(action_space))
+                                for a in action_space.constant_actions(int(rl_config["RL_STUDY_CONSTANT_POINTS"]))]
+    return grids
 
 
-class MinPDecoder:
-    """min-p (Nguyen et al. 2024): after temperature, keep the tokens with p ≥ min_p · p_max, i.e. logit ≥ max logit +
-    ln(min_p), with no softmax."""
-
-    def __init__(self, min_p: float = 0.1, temperature: float = 1.0):
-        if not 0.0 < min_p <= 1.0:
-            raise ValueError(f"min_p must lie in (0, 1], got {min_p}")
-        if not temperature > 0.0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.min_p, self.temperature = float(min_p), float(temperature)
-
-    def decode(self, logits: torch.Tensor, seen: torch.Tensor, m: torch.Tensor):
-        modulated = logits / self.temperature
-        threshold = modulated.max(dim=-1, keepdim=True).values + math.log(self.min_p)  # (B, 1)
-        return modulated, modulated.masked_fill(modulated < threshold, float("-inf")), None
-
-    def observe(self, token: torch.Tensor, sampling_logits: torch.Tensor) -> None:
-        """Stateless."""
-
-    def reset_rows(self, rows: torch.Tensor) -> None:
-        """Stateless."""
-
-    def describe(self) -> str:
-        return f"min-p={self.min_p:.3g}, T={self.temperature:.3g}"
+def model_cross_entropy_bits(model, prompts: PromptSet, device) -> float:
+    """The generator's mean per-token cross-entropy (bits) on the dev prompts' true continuations: where Mirostat's
+    target surprise τ belongs (above it the text gets confused, below it bored)."""
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for prompt, continuation in zip(prompts.prompts, prompts.continuations):
+            if not continuation:
+                continue
+            ids = torch.tensor([prompt + continuation], device=device)[:, -model.max_context_length:]
+            logits = model(ids[:, :-1]).float()
+            targets = ids[:, 1:]
+            nll = torch.nn.functional.cross_entropy(logits[0], targets[0], reduction="none")[-len(continuation):]
+            total, count = total + float(nll.sum()), count + nll.numel()
+    return total / max(count, 1) / math.log(2.0)
 
 
-class MirostatV2Decoder:
-    """Mirostat v2 (Basu et al. 2021), batched: each row keeps its own μ (bits), starting at 2τ. Tokens whose surprise
-    −log2 p exceeds μ are removed (the top token always stays). After sampling, μ ← μ − η (s − τ), where s is the
-    sampled token's surprise under the truncated, renormalised distribution."""
-
-    def __init__(self, tau: float = 5.0, eta: float = 0.1):
-        if not tau > 0.0 or not eta > 0.0:
-            raise ValueError(f"tau and eta must be > 0, got tau={tau}, eta={eta}")
-        self.tau, self.eta = float(tau), float(eta)
-        self.mu: torch.Tensor | None = None  # (N,)
-
-    def reset_rows(self, rows: torch.Tensor) -> None:
-        rows = torch.as_tensor(rows).long().reshape(-1)
-        if rows.numel() == 0:
-            return
-        size = int(rows.max()) + 1
-        if self.mu is None or self.mu.shape[0] < size:  # the first reset sizes the state to the batch
-            grown = torch.full((size,), 2.0 * self.tau, device=rows.device)
-            if self.mu is not None:
-                grown[:self.mu.shape[0]] = self.mu.to(rows.device)
-            self.mu = grown
-        self.mu[rows.to(self.mu.device)] = 2.0 * self.tau
-
-    def decode(self, logits: torch.Tensor, seen: torch.Tensor, m: torch.Tensor):
-        B = logits.shape[0]
-        if self.mu is None or self.mu.shape[0] != B:
-            self.mu = torch.full((B,), 2.0 * self.tau, device=logits.device)
-        self.mu = self.mu.to(logits.device)
-        surprise = -logits.float().log_softmax(dim=-1) / LN2  # (B, V) bits
-        keep = surprise <= self.mu.unsqueeze(1)
-        keep.scatter_(1, logits.argmax(dim=-1, keepdim=True), True)
-        return logits, logits.masked_fill(~keep, float("-inf")), None
-
-    def observe(self, token: torch.Tensor, sampling_logits: torch.Tensor) -> None:
-        logprob = sampling_logits.float().log_softmax(dim=-1).gather(1, token.long().unsqueeze(1)).squeeze(1)
-        self.mu = self.mu - self.eta * (-logprob / LN2 - self.tau)
-
-    def describe(self) -> str:
-        return f"tau={self.tau:.3g}, eta={self.eta:.3g}, T=1"
-
-
-# ------------------------------------------------------------------------------------------- metrics
-def _ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
-
-
-def distinct_n(generations: Sequence[Sequence[int]], n: int) -> float | None:
-    """Corpus-level distinct-n (Li et al. 2016): distinct n-grams over all generations / total n-grams (an n-gram never
-    spans two generations). None when there is no n-gram."""
-    grams = [g for tokens in generations for g in _ngrams(tokens, n)]
-    return len(set(grams)) / len(grams) if grams else None
-
-
-def rep_n(tokens: Sequence[int], n: int) -> float | None:
-    """Share of a generation's n-grams that repeat an earlier one: 1 − unique / total (Su et al. 2022, as a fraction).
-    None when the generation is shorter than n."""
-    grams = _ngrams(tokens, n)
-    return 1.0 - len(set(grams)) / len(grams) if grams else None
-
-
-def _bootstrap_indices(count: int, samples: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, count, size=(samples, count))
-
-
-def bootstrap_ci(values, samples: int, seed: int = BOOTSTRAP_SEED, level: float = CI_LEVEL):
-    """Percentile-bootstrap interval of the mean of `values` (E,) or of each column of (E, K): (low, high) as floats
-    or (K,) arrays. The same seed draws the same resamples for any data with the same number of rows."""
-    values = np.asarray(values, dtype=np.float64)
-    means = values[_bootstrap_indices(values.shape[0], samples, seed)].mean(axis=1)  # (samples,) or (samples, K)
-    tail = 50.0 * (1.0 - level)
-    low, high = np.percentile(means, [tail, 100.0 - tail], axis=0)
-    return (float(low), float(high)) if values.ndim == 1 else (low, high)
-
-
-def has_bigram_statistics(reward_computer) -> bool:
-    """Whether the reward computer's coherence comes from real bigram counts (without them it is a constant)."""
-    flag = getattr(reward_computer, "has_bigram_statistics", None)
-    if flag is not None:
-        return bool(flag() if callable(flag) else flag)
-    stats = getattr(reward_computer, "_stats", None)
-    return bool(stats) and stats["bigram_keys"].numel() > 0
-
-
-# ------------------------------------------------------------------------------------------- playing episodes
+# ------------------------------------------------------------------------------------------- playing
 @dataclass
-class Episodes:
-    """One episode per (seed, prompt), in that order. Per-episode means over its steps; `tokens` are the generated
-    ids (prompt excluded); `trajectories` only when recorded."""
-    reward: np.ndarray             # (E,)
-    components: np.ndarray         # (E, len(COMPONENTS))
-    entropy: np.ndarray            # (E,) sampling entropy, nats
-    modulation: np.ndarray         # (E,) mean m
-    terminated: np.ndarray         # (E,) bool: ended at <|endoftext|>
-    tokens: list[list[int]]
-    sampled_tokens: int            # every token sampled, restarted rows included
+class Samples:
+    """K generations per prompt (prompt excluded, EOT kept when sampled) and the mean training reward per prompt."""
+    tokens: list[list[list[int]]]
+    train_reward: np.ndarray
+    actions: np.ndarray | None
     wall_seconds: float
-    trajectories: list[dict] | None = None
-
-    @staticmethod
-    def concatenate(parts: list["Episodes"]) -> "Episodes":
-        trajectories = None if any(p.trajectories is None for p in parts) else \
-            [t for p in parts for t in p.trajectories]
-        return Episodes(
-            reward=np.concatenate([p.reward for p in parts]),
-            components=np.concatenate([p.components for p in parts]),
-            entropy=np.concatenate([p.entropy for p in parts]),
-            modulation=np.concatenate([p.modulation for p in parts]),
-            terminated=np.concatenate([p.terminated for p in parts]),
-            tokens=[t for p in parts for t in p.tokens],
-            sampled_tokens=sum(p.sampled_tokens for p in parts),
-            wall_seconds=sum(p.wall_seconds for p in parts),
-            trajectories=trajectories,
-        )
 
 
 @dataclass
-class _Player:
-    """Everything that stays the same across the policies of one study."""
+class Player:
+    """What stays the same across the decoders of one study."""
     model: torch.nn.Module
-    modulator: GatingModulator
+    action_space: object
     reward_computer: object
-    prompts: list[list[int]]
     rl_config: dict
     device: torch.device
-    num_envs: int
-    use_gates: bool
+    use_gates: bool = False
 
-    def play(self, seed: int, policy=None, deterministic: bool = False,
-             decoder_factory: Callable[[], object] | None = None, record: bool = False) -> Episodes:
-        """Every prompt once, in waves of `num_envs`, with `policy.act` choosing m (0.5 when there is no policy, for
-        decoders m does not drive). The global torch RNG is forked and seeded, so a stochastic agent is reproducible
-        and the caller's RNG is untouched."""
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.default_generator.manual_seed(seed)
-            if self.device.type == "cuda":
-                with torch.cuda.device(self.device):
-                    torch.cuda.manual_seed(seed)
-            waves = []
-            for start in range(0, len(self.prompts), self.num_envs):
-                wave = self.prompts[start:start + self.num_envs]
+    @property
+    def group_size(self) -> int:
+        return int(self.rl_config["RL_SAMPLES_PER_PROMPT"])
+
+    def play(self, prompts: list[list[int]], seed: int = 0, decoder_factory: Callable | None = None,
+             policy=None, oracle_actions: list[float] | None = None, oracle_lambda: float = 0.0,
+             deterministic: bool = True) -> Samples:
+        """Every prompt once as K samples, in waves of RL_STUDY_BATCH rows. Prompt p's sample k always draws from the
+        stream (seed, p·K + k), whatever the decoder: the comparison is paired."""
+        start = time.perf_counter()
+        K = self.group_size
+        wave_prompts = max(1, int(self.rl_config["RL_STUDY_BATCH"]) // K)
+        tokens, rewards, actions = [], [], []
+        with torch.random.fork_rng(devices=[]):  # a stochastic policy draws from a seeded, private stream
+            torch.manual_seed(seed)
+            for w in range(0, len(prompts), wave_prompts):
+                wave = prompts[w:w + wave_prompts]
                 decoder = decoder_factory() if decoder_factory else None
-                waves.append(self._play_wave(wave, seed, start, policy, deterministic, decoder, record))
-        return Episodes.concatenate(waves)
+                t, r, a = self._play_wave(wave, seed, w * K, decoder, policy, oracle_actions, oracle_lambda,
+                                          deterministic)
+                tokens += t
+                rewards.append(r)
+                actions.append(a)
+        return Samples(tokens, np.concatenate(rewards), np.concatenate(actions), time.perf_counter() - start)
 
     @torch.no_grad()
-    def _play_wave(self, prompts, seed, offset, policy, deterministic, decoder, record) -> Episodes:
-        t0 = time.perf_counter()
-        n, max_steps = len(prompts), int(self.rl_config["RL_MAX_EPISODE_LENGTH"])
-        env = GatingEnvironment(self.model, self.modulator, self.reward_computer, prompts, self.rl_config,
+    def _play_wave(self, prompts, seed, offset, decoder, policy, oracle_actions, oracle_lambda, deterministic):
+        K, n = self.group_size, len(prompts) * self.group_size
+        env = GatingEnvironment(self.model, self.action_space, self.reward_computer, prompts, self.rl_config,
                                 num_envs=n, device=self.device, seed=seed, env_offset=offset, decoder=decoder,
-                                use_gates=self.use_gates, sequential_prompts=True)
+                                use_gates=self.use_gates, sequential_prompts=True, samples_per_prompt=K)
         obs = env.reset()
-        # storage shaped (steps, envs); a row counts until its first episode ends, its restarts are ignored
-        active = torch.zeros(max_steps, n, dtype=torch.bool)
-        values = torch.zeros(max_steps, n, 1 + len(COMPONENTS))  # total reward, then each component
-        entropy, modulation = torch.zeros(max_steps, n), torch.zeros(max_steps, n)
-        tokens = torch.zeros(max_steps, n, dtype=torch.long)
-        eot = torch.zeros(max_steps, n, dtype=torch.bool)
-        effects = []
+        oracle = OraclePolicy(env, oracle_actions, oracle_lambda) if oracle_actions is not None else None
+        generated = [[] for _ in range(n)]
+        reward_sum, action_sum = torch.zeros(n), torch.zeros(n)
         alive = torch.ones(n, dtype=torch.bool)
-        steps = 0
-        while steps < max_steps and bool(alive.any()):
-            m = policy.act(obs, deterministic=deterministic) if policy is not None else \
-                torch.full((n,), env.initial_m, device=self.device)
-            m = m.detach().to(self.device).float().reshape(n).clamp(0.0, 1.0)  # what the env applies
-            obs, reward, terminated, truncated, info = env.step(m)
-            active[steps] = alive
-            values[steps] = torch.stack([reward, *(info["components"][c] for c in COMPONENTS)], dim=1).cpu()
-            entropy[steps], modulation[steps] = info["sampling_entropy"].cpu(), m.cpu()
-            tokens[steps], eot[steps] = info["tokens"].cpu(), terminated.cpu()
-            effects.append(info["effects"] if record else None)
-            alive &= ~(terminated | truncated).cpu()
-            steps += 1
-        active = active[:steps]
-        weight = active.float() / active.sum(dim=0)  # (T, n): per-episode mean over its own steps
-        per_episode = (values[:steps] * weight.unsqueeze(2)).sum(dim=0).double().numpy()  # (n, 1 + C)
-        generated = [tokens[:steps, b][active[:, b]].tolist() for b in range(n)]
-        trajectories = None
-        if record:
-            trajectories = [{"gateSignals": [[float(modulation[t, b])] for t in range(len(generated[b]))],
-                             "effects": [None if effects[t] is None else GatingModulator.effects_dict(effects[t], b)
-                                         for t in range(len(generated[b]))],
-                             "tokenIds": generated[b]} for b in range(n)]
-        return Episodes(reward=per_episode[:, 0], components=per_episode[:, 1:],
-                        entropy=(entropy[:steps] * weight).sum(dim=0).double().numpy(),
-                        modulation=(modulation[:steps] * weight).sum(dim=0).double().numpy(),
-                        terminated=(eot[:steps] & active).any(dim=0).numpy(), tokens=generated,
-                        sampled_tokens=n * steps, wall_seconds=time.perf_counter() - t0, trajectories=trajectories)
+        while bool(alive.any()):
+            uniforms = None
+            if oracle is not None:
+                action = oracle.choose()
+                uniforms = oracle.uniforms
+            elif policy is not None:
+                action = policy.act(obs, deterministic=deterministic)
+            else:
+                action = torch.full((n,), env.initial_action, device=self.device)
+            obs, reward, terminated, truncated, info = env.step(action, uniforms)
+            live = alive & info["active"].cpu()
+            for b in live.nonzero().squeeze(1).tolist():
+                generated[b].append(int(info["tokens"][b]))
+            reward_sum += reward.cpu() * live
+            action_sum += info["action"].cpu() * live
+            alive &= ~((terminated | truncated).cpu() & live) & info["active"].cpu()
+        lengths = torch.tensor([max(len(g), 1) for g in generated], dtype=torch.float32)
+        per_row_reward = (reward_sum / lengths).view(len(prompts), K).mean(dim=1).double().numpy()
+        per_row_action = (action_sum / lengths).view(len(prompts), K).mean(dim=1).double().numpy()
+        return [generated[p * K:(p + 1) * K] for p in range(len(prompts))], per_row_reward, per_row_action
 
 
-# ------------------------------------------------------------------------------------------- statistics
-def _stat(values: np.ndarray, low: float, high: float) -> dict:
-    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-            "ci_low": float(low), "ci_high": float(high)}
-
-
-def _mean_or_none(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
-
-
-def summarise(episodes: Episodes, samples: int, modulated: bool, description: str,
-              constant_m: float | None = None) -> dict:
-    """The per-policy block of ablation_results.json (ADR 0011 defines each figure)."""
-    table = np.column_stack([episodes.reward, episodes.components])  # (E, 1 + C)
-    low, high = bootstrap_ci(table, samples)
-    stats = [_stat(table[:, i], low[i], high[i]) for i in range(table.shape[1])]
-    return {
-        "description": description,
-        "constant_m": constant_m,
-        "episodes": int(len(episodes.reward)),
-        "generated_tokens": int(sum(len(t) for t in episodes.tokens)),
-        "mean_length": float(np.mean([len(t) for t in episodes.tokens])),
-        "terminated_fraction": float(episodes.terminated.mean()),
-        "reward": stats[0],
-        "components": dict(zip(COMPONENTS, stats[1:])),
-        **{f"distinct_{n}": distinct_n(episodes.tokens, n) for n in (1, 2, 3)},
-        "rep_4": _mean_or_none(rep_n(t, 4) for t in episodes.tokens),
-        "entropy": float(episodes.entropy.mean()),
-        "mean_m": float(episodes.modulation.mean()) if modulated else None,
-        "tokens_per_second": episodes.sampled_tokens / max(episodes.wall_seconds, 1e-9),
-        "wall_seconds": episodes.wall_seconds,
+# ------------------------------------------------------------------------------------------- points
+def make_point(name: str, family: str, params: dict, prompts: list[list[int]], samples: Samples | None,
+               judge, bootstrap: int, texts: list[list[list[int]]] | None = None) -> tuple[dict, dict]:
+    """(the JSON point, its per-prompt arrays {quality, diversity}) for one decoder's samples on a prompt set."""
+    tokens = samples.tokens if samples is not None else texts
+    per_prompt = measure(prompts, tokens, judge, EOT_TOKEN_ID)
+    corpus = corpus_measures([s[0] for s in tokens], len(tokens))
+    nll = per_prompt[PRIMARY_QUALITY]
+    has_set = len(tokens[0]) > 1
+    # a prompt whose samples hold no bigram (all ended at once) has no diversity to speak of: 0, for every decoder
+    div = np.nan_to_num(per_prompt[PRIMARY_DIVERSITY], nan=0.0) if has_set else None
+    point = {
+        "name": name, "family": family, "params": params,
+        "judge_nll": float(nll.mean()), "judge_nll_ci": list(bootstrap_mean_ci(nll, bootstrap, BOOTSTRAP_SEED)),
+        "diversity": None if div is None else float(div.mean()),
+        "diversity_ci": None if div is None else list(bootstrap_mean_ci(div, bootstrap, BOOTSTRAP_SEED)),
+        "metrics": {"prec_4": float(np.nanmean(per_prompt["prec_4"])), **{k: float(v) for k, v in corpus.items()},
+                    "rep_4": float(np.nanmean(per_prompt["rep_4"])), "length": float(per_prompt["length"].mean()),
+                    "eot_rate": float(per_prompt["eot_rate"].mean()),
+                    "train_reward": None if samples is None else float(samples.train_reward.mean())},
     }
+    if samples is not None and samples.actions is not None and family in ("learned", "oracle", "constant_action"):
+        point["metrics"]["mean_action"] = float(samples.actions.mean())
+    arrays = {"quality": -nll, "diversity": div}
+    return point, arrays
 
 
-def compare(learned: np.ndarray, best: np.ndarray, samples: int) -> dict:
-    """Paired bootstrap of the per-episode reward differences learned − best constant, and the verdict."""
-    difference = np.asarray(learned, dtype=np.float64) - np.asarray(best, dtype=np.float64)
-    low, high = bootstrap_ci(difference, samples)
-    verdict = VERDICTS[0] if low > 0 else VERDICTS[2] if high < 0 else VERDICTS[1]
-    return {"difference": float(difference.mean()), "ci_low": low, "ci_high": high, "verdict": verdict}
+def _frontier_names(points: list[dict]) -> set[str]:
+    """The names of the points on the (diversity, −judge NLL) Pareto frontier."""
+    front = pareto_frontier([(p["diversity"], -p["judge_nll"]) for p in points])
+    on = {(round(d, 12), round(q, 12)) for d, q in front}
+    return {p["name"] for p in points if (round(p["diversity"], 12), round(-p["judge_nll"], 12)) in on}
 
 
 # ------------------------------------------------------------------------------------------- the study
-class _Run(NamedTuple):
-    episodes: Episodes
-    description: str
-    modulated: bool = True  # False for decoders that m does not drive: their mean m is null
-    constant_m: float | None = None
+def tune_on_dev(player: Player, dev: PromptSet, eval_judge, rl_config: dict, families: tuple[str, ...] | None = None,
+                ce_bits: float | None = None, progress: bool = True) -> dict:
+    """Sweep the families (all by default; the action space's constants only when the player has one) on the dev
+    prompts: {"ce_bits", "families": {family: [point...]}, "factories": {point name: (factory, policy)}}."""
+    ce_bits = model_cross_entropy_bits(player.model, dev, player.device) if ce_bits is None else ce_bits
+    grids = family_grids(rl_config, ce_bits, player.action_space)
+    grids = {f: g for f, g in grids.items() if families is None or f in families}
+    bootstrap = int(rl_config["RL_ABLATION_BOOTSTRAP_SAMPLES"])
+    swept, factories = {}, {}
+    total = sum(len(g) for g in grids.values())
+    bar = tqdm(total=total, desc="study: dev sweep", unit="decoder", disable=not progress, dynamic_ncols=True)
+    for family, grid in grids.items():
+        swept[family] = []
+        for params, factory in grid:
+            name = f"{family} {_label(params)}"
+            policy = FixedGatingPolicy(params["action"]) if family == "constant_action" else None
+            samples = player.play(dev.prompts, 0, factory, policy)
+            point, _ = make_point(name, family, params, dev.prompts, samples, eval_judge, bootstrap)
+            swept[family].append(point)
+            factories[name] = (factory, policy)
+            bar.update(1)
+    bar.close()
+    return {"ce_bits": ce_bits, "families": swept, "factories": factories}
 
 
-def _check_prompts(prompts, vocab_size: int) -> list[list[int]]:
-    if not prompts:
-        raise ValueError("the ablation needs at least one prompt")
-    checked = []
-    for i, prompt in enumerate(prompts):
-        ids = [int(t) for t in prompt]
-        if not ids:
-            raise ValueError(f"prompt {i} is empty")
-        if min(ids) < 0 or max(ids) >= vocab_size:
-            raise ValueError(f"prompt {i} has token ids outside [0, {vocab_size})")
-        checked.append(ids)
-    return checked
+def residual_base(dev_families: dict) -> dict:
+    """The residual action space's base: the min-p × T dev point with the highest training reward (the objective
+    the controller then optimises), so "no change" is already the best decoder of its kind."""
+    best = max(dev_families["min_p"], key=lambda p: p["metrics"]["train_reward"])
+    return {"temperature": best["params"]["temperature"], "min_p": best["params"]["min_p"], "top_k": 0, "top_p": 1.0}
 
 
-def _log(progress: bool, message: str) -> None:
-    if progress:
-        print(f"[ablation] {message}", file=sys.stderr, flush=True)
+def _label(params: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in params.items()
+                     if k in ("temperature", "top_p", "top_k", "min_p", "tau", "t0", "theta", "action"))
 
 
-def run_ablation_study(model, prompts: Sequence[Sequence[int]], rl_config: dict, reward_computer, agent=None,
-                       experiment_dir: str | Path | None = None, device: str | torch.device = "cpu",
-                       seeds: Sequence[int] | None = None, num_envs: int | None = None, progress: bool = True,
-                       use_gates: bool | None = None) -> dict:
-    """Score every policy on the same held-out prompts, the same seeds and the same reward computer: random, fixed
-    0.5, the best constant m of a grid over [0, 1], the learned agent (stochastic and deterministic, when given),
-    plain top-k/top-p at m = 0.5's settings, min-p and Mirostat v2. Returns the results dict (see ADR 0011) and
-    writes it to `experiment_dir/ablation_results.json` when a directory is given.
-
-    Raises ValueError when the reward computer has no bigram statistics (coherence would be constant, SPEC §14),
-    or when there are no prompts, an empty prompt, or no seeds."""
-    if not has_bigram_statistics(reward_computer):
-        raise ValueError("the ablation needs a reward computer with bigram statistics; without them coherence is "
-                         "constant (build it with RewardComputer.bigram_statistics_from_tokens)")
-    prompts = _check_prompts(prompts, model.vocab_size)
-    seeds = [int(s) for s in (rl_config["RL_ABLATION_SEEDS"] if seeds is None else seeds)]
-    if not seeds:
-        raise ValueError("the ablation needs at least one seed")
-    device = torch.device(device)
-    samples = int(rl_config["RL_ABLATION_BOOTSTRAP_SAMPLES"])
-    use_gates = bool(rl_config.get("RL_UNFREEZE_DYNAMIC_GATES", False)) if use_gates is None else use_gates
-    modulator = GatingModulator(rl_config)
-    player = _Player(model, modulator, reward_computer, prompts, rl_config, device,
-                     max(1, min(num_envs or rl_config["RL_NUM_ENVS"], len(prompts))), use_gates)
-
-    def play(name: str, policy_for_seed: Callable[[int], object] | None = None, **kwargs) -> Episodes:
-        episodes = Episodes.concatenate([
-            player.play(seed, policy=policy_for_seed(seed) if policy_for_seed else None, **kwargs) for seed in seeds])
-        _log(progress, f"{name}: mean reward {episodes.reward.mean():+.4f} over {len(episodes.reward)} episodes "
-                       f"({episodes.wall_seconds:.1f} s)")
-        return episodes
-
-    # the grid of constants always contains 0.5: "fixed 0.5" is one of its runs, so the best constant is never
-    # worse than the fixed baseline reported beside it
-    grid_ms = sorted({round(float(m), 10) for m in np.linspace(0.0, 1.0, int(rl_config["RL_ABLATION_GRID_POINTS"]))}
-                     | {0.5})
-
-    def constant(m: float) -> Episodes:
-        return play(f"constant m={m:g}", lambda seed: FixedGatingPolicy(m))
-
-    constant_runs = {m: constant(m) for m in grid_ms}
-    grid = []
-    for m in grid_ms:
-        stat = _stat(constant_runs[m].reward, *bootstrap_ci(constant_runs[m].reward, samples))
-        grid.append({"m": m, "mean_reward": stat["mean"], "std": stat["std"], "ci_low": stat["ci_low"],
-                     "ci_high": stat["ci_high"]})
-    best_m = max(grid, key=lambda g: g["mean_reward"])["m"]  # the first of equal maxima: the most conservative m
-
-    runs: dict[str, _Run] = {
-        "random": _Run(play("random", RandomGatingPolicy), "m ~ U(0, 1) per token"),
-        "fixed_0.5": _Run(constant_runs[0.5], "m = 0.5 for every token", constant_m=0.5),
-        "best_constant": _Run(constant_runs[best_m], f"best m of the grid: {best_m:g}", constant_m=best_m),
-    }
-    if agent is not None:
-        runs["learned_stochastic"] = _Run(play("learned (stochastic)", lambda seed: agent, deterministic=False),
-                                          "PPO agent, m sampled from the policy")
-        runs["learned_deterministic"] = _Run(play("learned (deterministic)", lambda seed: agent, deterministic=True),
-                                             "PPO agent, m = the policy mean")
-    baselines = {
-        "plain_top_k_top_p": lambda: PlainDecoder.at_modulation(modulator, 0.5),
-        "min_p": lambda: MinPDecoder(float(rl_config["RL_ABLATION_MIN_P"])),
-        "mirostat_v2": lambda: MirostatV2Decoder(float(rl_config["RL_ABLATION_MIROSTAT_TAU"]),
-                                                 float(rl_config["RL_ABLATION_MIROSTAT_ETA"])),
-    }
-    for name, factory in baselines.items():
-        runs[name] = _Run(play(name, decoder_factory=factory), factory().describe(), modulated=False)
-
-    policies = {name: summarise(run.episodes, samples, run.modulated, run.description, run.constant_m)
-                for name, run in runs.items()}
-    if agent is not None:
-        best = constant_runs[best_m].reward
-        comparison = {"policy": "learned_deterministic", "best_constant_m": best_m, "paired": True,
-                      **compare(runs["learned_deterministic"].episodes.reward, best, samples),
-                      "stochastic": compare(runs["learned_stochastic"].episodes.reward, best, samples)}
-    else:
-        comparison = {"policy": None, "best_constant_m": best_m, "paired": True, "difference": None,
-                      "ci_low": None, "ci_high": None, "verdict": "no learned policy evaluated"}
-
+def run_study(player: Player, sets: dict[str, PromptSet], eval_judge, rl_config: dict, dev_tuning: dict,
+              agents: list[tuple[str, object]] = (), oracle_lambda: float = 0.0, protocol: str = "demo",
+              experiment_dir: str | Path | None = None, judge_provenance: dict | None = None,
+              progress: bool = True) -> dict:
+    """Replay each family's dev frontier on test, measure the learned agents, the oracle and the human
+    continuations, and give the verdict. Writes `experiment_dir/ablation_results.json` when a directory is given."""
+    test = sets["test"]
+    bootstrap = int(rl_config["RL_ABLATION_BOOTSTRAP_SAMPLES"])
+    families, arrays = {}, {}
+    chosen = {family: [p for p in points if p["name"] in _frontier_names(points)]
+              for family, points in dev_tuning["families"].items()}
+    runs = sum(len(v) for v in chosen.values()) + len(agents) + 1
+    bar = tqdm(total=runs, desc="study: test", unit="decoder", disable=not progress, dynamic_ncols=True)
+    for family, dev_points in chosen.items():
+        families[family] = {"label": FAMILY_LABELS[family], "dev": dev_tuning["families"][family], "test": []}
+        arrays[family] = []
+        for dev_point in dev_points:
+            factory, policy = dev_tuning["factories"][dev_point["name"]]
+            samples = player.play(test.prompts, 0, factory, policy)
+            point, per_prompt = make_point(dev_point["name"], family, dev_point["params"], test.prompts, samples,
+                                           eval_judge, bootstrap)
+            families[family]["test"].append(point)
+            arrays[family].append(per_prompt)
+            bar.update(1)
+    learned, learned_arrays = [], []
+    for name, agent in agents:
+        samples = player.play(test.prompts, 0, policy=agent, deterministic=True)
+        point, per_prompt = make_point(name, "learned", {}, test.prompts, samples, eval_judge, bootstrap)
+        learned.append(point)
+        learned_arrays.append(per_prompt)
+        bar.update(1)
+    oracle_actions = player.action_space.constant_actions(int(rl_config["RL_STUDY_CONSTANT_POINTS"]))
+    samples = player.play(test.prompts, 0, oracle_actions=oracle_actions, oracle_lambda=oracle_lambda)
+    oracle, oracle_arrays = make_point("per-token oracle", "oracle", {"actions": len(oracle_actions)}, test.prompts,
+                                       samples, eval_judge, bootstrap)
+    bar.update(1)
+    bar.close()
+    human, _ = make_point("human continuation", "human", {}, test.prompts, None, eval_judge, bootstrap,
+                          texts=[[c] for c in test.continuations])
+    family_arrays = {f: a for f, a in arrays.items() if a and a[0]["diversity"] is not None}
+    verdict = {"verdict": "no learned policy evaluated", "gap": None, "ci": None, "best_family": None,
+               "at_diversity": None}
+    if learned_arrays:
+        mean_arrays = {k: np.mean([a[k] for a in learned_arrays], axis=0) for k in ("quality", "diversity")}
+        if len(learned_arrays) > 1:  # the seeds' mean, clustered by prompt: each prompt's mean over seeds
+            learned.append({
+                "name": "learned (mean over seeds)", "family": "learned", "params": {"seeds": len(learned_arrays)},
+                "judge_nll": float(-mean_arrays["quality"].mean()),
+                "judge_nll_ci": sorted(-x for x in bootstrap_mean_ci(mean_arrays["quality"], bootstrap,
+                                                                       BOOTSTRAP_SEED)),
+                "diversity": float(mean_arrays["diversity"].mean()),
+                "diversity_ci": list(bootstrap_mean_ci(mean_arrays["diversity"], bootstrap, BOOTSTRAP_SEED)),
+                "metrics": {k: float(np.mean([p["metrics"][k] for p in learned])) for k in learned[0]["metrics"]}})
+        verdict = frontier_gap(mean_arrays, family_arrays, bootstrap, BOOTSTRAP_SEED, CI_LEVEL)
+    oracle_gap = frontier_gap(oracle_arrays, family_arrays, bootstrap, BOOTSTRAP_SEED, CI_LEVEL)
+    verdict.update(oracle_gap=oracle_gap["gap"], oracle_ci=oracle_gap["ci"], oracle_verdict=oracle_gap["verdict"])
+    verdict["text"] = _verdict_text(verdict, len(agents))
     results = {
-        "config": {
-            "seeds": seeds, "num_prompts": len(prompts), "episode_length": int(rl_config["RL_MAX_EPISODE_LENGTH"]),
-            "episodes_per_policy": len(prompts) * len(seeds), "num_envs": player.num_envs,
-            "grid_points": len(grid_ms), "bootstrap_samples": samples, "ci_level": CI_LEVEL,
-            "bootstrap_seed": BOOTSTRAP_SEED, "use_gates": use_gates, "device": str(device),
-            "reward_weights": {k: float(v) for k, v in reward_computer.weights.items()},
-            "min_p": float(rl_config["RL_ABLATION_MIN_P"]),
-            "mirostat_tau": float(rl_config["RL_ABLATION_MIROSTAT_TAU"]),
-            "mirostat_eta": float(rl_config["RL_ABLATION_MIROSTAT_ETA"]),
-            "best_constant_selection": "highest mean reward on the same episodes (optimistic for the constant)",
+        "protocol": {
+            "protocol": protocol, "primary_quality": PRIMARY_QUALITY, "primary_diversity": PRIMARY_DIVERSITY,
+            "quality_label": "held-out judge NLL (nats/token, lower is better)",
+            "diversity_label": f"set distinct-2 over the {player.group_size} samples of a prompt",
+            "test_prompts": len(test.prompts), "dev_prompts": len(sets["dev"].prompts),
+            "train_prompts": len(sets["train"].prompts), "samples_per_prompt": player.group_size,
+            "sampling_seeds": list(range(player.group_size)), "rl_seeds": [name for name, _ in agents],
+            "episode_length": int(rl_config["RL_MAX_EPISODE_LENGTH"]), "bootstrap_samples": bootstrap,
+            "ci_level": CI_LEVEL, "model_cross_entropy_bits": dev_tuning["ce_bits"], "judge": judge_provenance,
+            "action_space": player.action_space.describe(), "selection": "each family's dev Pareto frontier, "
+            "replayed on test",
         },
-        "policies": policies,
-        "grid": grid,
-        "best_constant_m": best_m,
-        "learned_vs_best_constant": comparison,
-        "timestamp": time.time(),
+        "families": families,
+        "frontier": {f: [[p["diversity"], p["judge_nll"]] for p in sorted(v["test"], key=lambda p: p["diversity"] or 0)]
+                     for f, v in families.items()},
+        "learned": learned, "oracle": oracle, "human": human, "verdict": verdict, "timestamp": time.time(),
     }
     if experiment_dir is not None:
         atomic_write_json(Path(experiment_dir) / RESULTS_FILE, results)
     return results
 
 
+def _verdict_text(v: dict, seeds: int) -> str:
+    oracle = "" if v.get("oracle_gap") is None else (
+        f" The per-token oracle's gap to the frontier is {v['oracle_gap']:+.3f} "
+        f"[{v['oracle_ci'][0]:+.3f}, {v['oracle_ci'][1]:+.3f}] (−NLL, nats/token).")
+    if v.get("gap") is None:
+        return f"{v['verdict']}.{oracle}"
+    return (f"{v['verdict']}: learned ({seeds} RL seed{'s' if seeds != 1 else ''}) − best interpolated fixed "
+            f"decoder ({v['best_family']}) at diversity {v['at_diversity']:.3f} = {v['gap']:+.3f} "
+            f"[{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}] in −judge NLL (nats/token).{oracle}")
+
+
 # ------------------------------------------------------------------------------------------- the table
-_COLUMNS = [("policy", 22), ("reward ± 95% CI", 18), *((c[:5], 7) for c in COMPONENTS), ("dist-1", 7),
-            ("dist-2", 7), ("dist-3", 7), ("rep-4", 7), ("H", 6), ("m", 6), ("tok/s", 8)]
+_COLUMNS = (("decoder", 34), ("judge NLL", 9), ("div", 6), ("prec-4", 6), ("dist-2", 6), ("self-BLEU", 9),
+            ("rep-4", 6), ("len", 5), ("EOT", 5), ("reward", 7))
 
 
-def _cell(value, width: int, spec: str = ".3f") -> str:
-    text = "-" if value is None else format(value, spec) if isinstance(value, float) else str(value)
-    return text.rjust(width)
-
-
-def format_ablation_table(results: dict) -> str:
-    """A fixed-width table, one row per policy, then the grid and the learned-vs-best-constant verdict."""
-    header = " ".join(name.ljust(w) if i == 0 else name.rjust(w) for i, (name, w) in enumerate(_COLUMNS))
+def format_study_table(results: dict) -> str:
+    """The test points (each family's frontier, learned, oracle, human) as a fixed-width table, then the verdict."""
+    header = " ".join(n.ljust(w) if i == 0 else n.rjust(w) for i, (n, w) in enumerate(_COLUMNS))
     lines = [header, "-" * len(header)]
-    for name, p in results["policies"].items():
-        reward = p["reward"]
-        half_width = (reward["ci_high"] - reward["ci_low"]) / 2.0
-        cells = [name.ljust(_COLUMNS[0][1])[:_COLUMNS[0][1]], f"{reward['mean']:+.4f} ± {half_width:.4f}".rjust(18)]
-        cells += [_cell(p["components"][c]["mean"], 7) for c in COMPONENTS]
-        cells += [_cell(p[k], 7) for k in ("distinct_1", "distinct_2", "distinct_3", "rep_4")]
-        cells += [_cell(p["entropy"], 6, ".2f"), _cell(p["mean_m"], 6, ".2f"), _cell(p["tokens_per_second"], 8, ".1f")]
-        lines.append(" ".join(cells))
-    lines.append("")
-    lines.append("grid: " + "  ".join(f"m={g['m']:g}: {g['mean_reward']:+.4f}" for g in results["grid"]))
-    comparison = results["learned_vs_best_constant"]
-    if comparison["difference"] is None:
-        lines.append(f"best constant m = {results['best_constant_m']:g}; {comparison['verdict']}")
-    else:
-        lines.append(f"learned (deterministic) − best constant (m = {results['best_constant_m']:g}): "
-                     f"{comparison['difference']:+.4f} [{comparison['ci_low']:+.4f}, {comparison['ci_high']:+.4f}] "
-                     f"-> {comparison['verdict']}")
-        s = comparison["stochastic"]
-        lines.append(f"learned (stochastic) − best constant: {s['difference']:+.4f} "
-                     f"[{s['ci_low']:+.4f}, {s['ci_high']:+.4f}] -> {s['verdict']}")
+
+    def row(p: dict) -> str:
+        m = p["metrics"]
+
+        def cell(value, width, spec=".3f"):
+            return ("-" if value is None else format(value, spec)).rjust(width)
+        return " ".join([p["name"][:34].ljust(34), cell(p["judge_nll"], 9), cell(p["diversity"], 6),
+                         cell(m["prec_4"], 6), cell(m["distinct_2"], 6), cell(m["self_bleu"], 9, ".1f"),
+                         cell(m["rep_4"], 6), cell(m["length"], 5, ".1f"), cell(m["eot_rate"], 5, ".2f"),
+                         cell(m["train_reward"], 7, "+.3f")])
+    for family in results["families"].values():
+        lines += [row(p) for p in family["test"]]
+    lines += [row(p) for p in results["learned"]]
+    if results["oracle"]:
+        lines.append(row(results["oracle"]))
+    lines.append(row(results["human"]))
+    lines += ["", "div = set distinct-2 over the K samples of a prompt; judge NLL under the held-out evaluation judge; "
+              "reward = the training reward (diagnostic only).", f"verdict: {results['verdict']['text']}"]
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------- trajectories
-def trajectory_report(model, prompts: Sequence[Sequence[int]], rl_config: dict, agent, reward_computer=None,
-                      device: str | torch.device = "cpu", seed: int = 0, num_envs: int | None = None,
-                      deterministic: bool = True, sweep: Sequence[float] = (0.0, 0.5, 1.0),
-                      bootstrap: int | None = None, experiment_dir: str | Path | None = None,
-                      decode: Callable[[Sequence[int]], str] | None = None, use_gates: bool | None = None) -> dict:
-    """Trajectories of the learned policy (one per prompt, in the generator's lightweight format) and texts generated
-    at each constant m of `sweep`, analysed by TrajectoryAnalyzer.analyze_batch. Written to
-    `experiment_dir/trajectory_report.json` when a directory is given. Rewards play no part here, so a reward
-    computer without bigram statistics is acceptable (one is built when none is given)."""
-    from plugins.tidal.TrajectoryAnalyzer import analyze_batch
-
-    if decode is None:
-        from plugins.tidal.DataPipeline import decode
-    prompts = _check_prompts(prompts, model.vocab_size)
-    if reward_computer is None:
-        from plugins.tidal.RewardComputer import RewardComputer
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reward_computer = RewardComputer(rl_config, model.vocab_size)
-    use_gates = bool(rl_config.get("RL_UNFREEZE_DYNAMIC_GATES", False)) if use_gates is None else use_gates
-    player = _Player(model, GatingModulator(rl_config), reward_computer, prompts, rl_config, torch.device(device),
-                     max(1, min(num_envs or rl_config["RL_NUM_ENVS"], len(prompts))), use_gates)
-
-    learned = player.play(seed, policy=agent, deterministic=deterministic, record=True)
-    by_prompt: dict[str, list[dict]] = {}
-    for prompt, trajectory in zip(prompts, learned.trajectories):
-        trajectory["tokenTexts"] = [decode([t]) for t in trajectory["tokenIds"]]
-        by_prompt.setdefault(decode(prompt), []).append(trajectory)
-    texts_by_m = {float(m): [decode(t) for t in player.play(seed, policy=FixedGatingPolicy(float(m))).tokens]
-                  for m in sweep}
-    samples = int(rl_config["RL_ABLATION_BOOTSTRAP_SAMPLES"]) if bootstrap is None else bootstrap
-    report = analyze_batch(by_prompt, texts_by_m, bootstrap=samples, seed=seed)
-    if experiment_dir is not None:
-        atomic_write_json(Path(experiment_dir) / TRAJECTORY_FILE, report)
-    return report

@@ -7,6 +7,7 @@ Reads top to bottom in dependency order:
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -810,16 +811,71 @@ def _read_parquet(path: Path) -> list[str]:
 _FILE_READERS = {".txt": _read_txt, ".jsonl": _read_jsonl, ".parquet": _read_parquet}
 
 
+HUB_PROBE_TIMEOUT_S = 3.0   # one connection attempt to the hub, instead of its client's ~30 s of retries
+
+
 def _load_dataset(name: str):
     import datasets
 
+    unreachable = None if Path(name).is_dir() else _hub_unreachable()
     try:
-        return datasets.load_dataset(name)
+        # an unreachable hub: only the local cache is tried (offline mode), so the run fails at once, not after
+        # a minute of retries
+        with _hub_offline(unreachable is not None):
+            return datasets.load_dataset(name)
     except Exception as exc:  # the hub client fails in many types (connection, HTTP, not-found, offline mode)
         cause = (str(exc).splitlines() or [""])[0]
-        raise TidalError(f"dataset {name!r} is not available offline or could not be loaded; use DATASET: "
-                         f"{BUILTIN_DATASET} or a local .txt/.jsonl/.parquet file or datasets directory "
-                         f"({type(exc).__name__}: {cause})") from exc
+        where = (f"the Hugging Face Hub is unreachable ({unreachable}) and it is not in the local cache"
+                 if unreachable else f"it is not available offline or could not be loaded ({type(exc).__name__}: "
+                                     f"{cause})")
+        raise TidalError(f"dataset {name!r}: {where}; use DATASET: {BUILTIN_DATASET} or a local "
+                         f".txt/.jsonl/.parquet file or datasets directory") from exc
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached (its endpoint does not accept a connection within HUB_PROBE_TIMEOUT_S), or
+    None when it can, when offline mode is already on, or behind a proxy (only the client can test that path)."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY",
+                                                                     "all_proxy")):
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    address = (url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
+    outcome: list[str | None] = []
+
+    def probe():  # in a thread: a name lookup ignores socket timeouts
+        try:
+            socket.create_connection(address, timeout=HUB_PROBE_TIMEOUT_S).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(f"{constants.ENDPOINT}: {exc.strerror or type(exc).__name__}")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(HUB_PROBE_TIMEOUT_S + 0.5)
+    return outcome[0] if outcome else f"{constants.ENDPOINT}: no answer within {HUB_PROBE_TIMEOUT_S:.0f} s"
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """Offline mode for the `datasets` and `huggingface_hub` calls inside (both read the flag at call time)."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    if not offline:
+        yield
+        return
+    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
 
 
 def _hf_tables(loaded, name: str) -> dict[str, _Stories]:

@@ -22,6 +22,7 @@ class DynamicLRScheduler:
             raise ValueError(f"need 0 <= MIN_LR <= BASE_LR, got MIN_LR={self.min_lr}, BASE_LR={self.base_lr}")
         self.optimizer = optimizer
         self.total_steps = max(1, int(total_steps))
+        self.warmup_ratio = ratio
         self.warmup_steps = int(self.total_steps * ratio)
         self.current_step = 0
         self._apply()
@@ -42,6 +43,12 @@ class DynamicLRScheduler:
 
     def step(self) -> None:
         self.current_step += 1
+        self._apply()
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Rebuild the schedule for a new horizon, as a fresh one of that length would be, at the current position."""
+        self.total_steps = max(1, int(total_steps))
+        self.warmup_steps = int(self.total_steps * self.warmup_ratio)
         self._apply()
 
     def state_dict(self) -> dict:

@@ -1,173 +1,183 @@
-"""The RL environment: N episodes of modulated generation that step together in ONE batched, KV-cached LM forward.
+"""The RL environment: N rows of controlled generation that step together in ONE batched, KV-cached LM forward.
 
-An episode is a prompt of RL_PROMPT_MIN_LENGTH..RL_PROMPT_MAX_LENGTH tokens cut from the start of a validation story,
-then up to RL_MAX_EPISODE_LENGTH generated tokens. At every step the agent picks m per environment; a decoder turns
-the LM's next-token logits into a sampling distribution (by default the GatingModulator's parameters for m); the
-sampled tokens are scored by the RewardComputer and fed back to the LM in one batched forward (under m when the
-dynamic gates are in use). `<|endoftext|>` *terminates* an episode; reaching the length limit *truncates* it, and
-the observation after the last token is returned in `info["final_obs"]` so PPO can bootstrap from it. Ended rows
-restart at once with a fresh prompt, prefilled into their rows of the shared cache.
+Rows come in groups of K = RL_SAMPLES_PER_PROMPT: the K rows of a group generate K samples of the same prompt, so
+the reward can score set-level diversity (ADR 0015). A group starts together from a prompt of the given prompt set;
+a row whose sample ends (`<|endoftext|>` terminates it, RL_MAX_EPISODE_LENGTH truncates it, and the observation it
+ended on is returned in `info["final_obs"]` for the PPO bootstrap) goes idle until every row of its group has ended;
+then the group restarts with the next prompt. Idle rows keep stepping (one batched forward serves all) but their
+transitions are flagged `info["active"] = False` and reported as terminated, so nothing learns from or bootstraps
+through them.
 
-This module is the only place that knows about the language model; the agent sees (N, 64) observation tensors.
+At every step the agent picks an action per row; the decoder (a `ControlledDecoder` over the action space, or any
+fixed decoder of Decoding.py for the study) turns the LM's next-token logits into a sampling distribution; the
+token is drawn from the row's own random stream, scored by the RewardComputer and fed back to the LM.
+
+This module is the only place that knows about the language model; the agent sees (N, OBSERVATION_DIM) tensors.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+import math
 
-from plugins.tidal.DataPipeline import EOT_TOKEN_ID
-from plugins.tidal.GatingModulator import GatingModulator
-from plugins.tidal.TransformerLM import apply_repetition_penalty, filter_logits, sample_from_probs
+import torch
+
+from plugins.tidal.DataPipeline import EOT_TOKEN_ID, get_tokenizer
+from plugins.tidal.Decoding import ControlledDecoder, invert_cdf
 
 OBSERVATION_DIM = 64
-HIDDEN_CHUNKS = 24
-RECENT_WINDOW = 10
+SCALAR_FEATURES = 15                               # slots 0..14, listed in ObservationBuilder
+HIDDEN_FEATURES = OBSERVATION_DIM - SCALAR_FEATURES  # a fixed random projection of the final hidden state
+TREND_DECAY = 0.8                                  # EMA of entropy and surprise: a few tokens of memory
+REPEAT_WINDOW = 16
+_BOUNDARY_CHARS = ".!?\n"
+
+
+def boundary_token_mask(vocab_size: int) -> torch.Tensor:
+    """(V,) bool: tokens that end a sentence or a line."""
+    tokenizer = get_tokenizer()
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    for i in range(min(vocab_size, tokenizer.n_vocab)):
+        text = tokenizer.decode_single_token_bytes(i).rstrip(b" ")
+        mask[i] = bool(text) and text[-1:].decode("latin-1") in _BOUNDARY_CHARS
+    return mask
 
 
 # ------------------------------------------------------------------------------------------- observation
-def distinct_count(keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(B, N) non-negative int64 keys, (B, N) validity -> (B,) number of distinct valid keys, without Python loops."""
-    s = keys.masked_fill(~valid, -1).sort(dim=1).values
-    first = torch.ones_like(s, dtype=torch.bool)
-    first[:, 1:] = s[:, 1:] != s[:, :-1]
-    return (first & (s >= 0)).sum(dim=1)
-
-
-def ngram_diversity(tokens: torch.Tensor, lengths: torch.Tensor, n: int, vocab: int) -> torch.Tensor:
-    """Distinct n-grams / n-grams among the first `lengths` tokens of each row (1.0 when a row has no n-gram)."""
-    B, T = tokens.shape
-    if T < n:
-        return torch.ones(B, device=tokens.device)
-    keys = torch.zeros(B, T - n + 1, dtype=torch.long, device=tokens.device)
-    for i in range(n):  # n <= 3: the key is the n-gram in base V
-        keys = keys * vocab + tokens[:, i:T - n + 1 + i].clamp_min(0)
-    total = (lengths - n + 1).clamp_min(0)
-    valid = torch.arange(T - n + 1, device=tokens.device) < total.unsqueeze(1)
-    ratio = distinct_count(keys, valid).float() / total.clamp_min(1).float()
-    return torch.where(total > 0, ratio, torch.ones_like(ratio))
-
-
-def raw_entropy(logits: torch.Tensor, log_probs: torch.Tensor | None = None) -> torch.Tensor:
-    """Entropy (nats) of softmax(logits) per row, from log-probabilities when they are already at hand."""
-    log_probs = logits.log_softmax(dim=-1) if log_probs is None else log_probs
-    return -(log_probs.exp() * log_probs).sum(dim=-1)
-
-
 class ObservationBuilder:
-    """The 64-D observation of SPEC §7, batched and on the tokens' device:
-    [0:10] token statistics, [10:58] 24 chunk means then 24 chunk stds of the final-LayerNorm hidden state,
-    [58:64] step / max steps, 1.0, previous modulation, 0, 0, 0."""
+    """The 64-D observation, batched, with no constant slots (the agent normalises it with running statistics):
+     0 entropy H of the LM's next-token distribution (nats)   1 varentropy     2 top-1 probability
+     3 top-1 − top-2 probability margin                      4 top-5 mass      5 H − EMA(H) (entropy trend)
+     6 surprise error: last token's surprise − its EMA        7 last token's surprise (nats)
+     8 the LM's probability mass on tokens already in the sequence   9 whether the argmax token is already there
+    10 tokens since the last sentence boundary / 16         11 remaining budget (1 − step / max steps)
+    12 repeated-token share of the last 16 tokens          13 previous action (scaled to [0, 1])   14 log top-1 prob
+    15..63 a fixed random projection of the final-LayerNorm hidden state.
+    Per-row state (the EMAs and the last surprise) is kept here: `reset(batch)`, `reset_rows(rows)`, and
+    `observe(token, logits)` after every sampled token."""
 
-    def __init__(self, rl_config: dict, lm_config: dict):
+    def __init__(self, rl_config: dict, lm_config: dict, action_scale: float = 1.0):
         self.max_steps = max(1, rl_config["RL_MAX_EPISODE_LENGTH"])
         self.vocab = lm_config["VOCAB_SIZE"]
-        self.chunk = max(1, lm_config["EMBED_DIM"] // HIDDEN_CHUNKS)
+        self.action_scale = max(action_scale, 1e-9)
+        E = lm_config["EMBED_DIM"]
+        generator = torch.Generator().manual_seed(0)  # fixed: the projection is part of the observation's definition
+        self.projection = torch.randn(E, HIDDEN_FEATURES, generator=generator) / math.sqrt(E)
+        self.boundary = boundary_token_mask(self.vocab)
+        self.state: torch.Tensor | None = None  # (B, 3): EMA entropy, EMA surprise, last surprise
 
-    def __call__(self, tokens: torch.Tensor, logits: torch.Tensor, hidden: torch.Tensor, step,
-                 previous_m: torch.Tensor, lengths: torch.Tensor | None = None,
-                 entropy: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens (B, T) (only the first `lengths` per row count; all when None), raw next-token logits (B, V),
-        hidden (B, E), step (int or (B,)), previous_m (B,) -> (B, 64). `entropy` (B,) of softmax(logits) may be
-        passed when the caller has it already."""
-        B, T = tokens.shape
-        device = logits.device
-        lengths = torch.full((B,), T, device=device) if lengths is None else lengths
-        n = lengths.float()
-        obs = torch.zeros(B, OBSERVATION_DIM, device=device)
-        valid = torch.arange(T, device=device) < lengths.unsqueeze(1)
-        obs[:, 0] = torch.where(n > 0, 1.0 - distinct_count(tokens, valid).float() / n.clamp_min(1), torch.zeros_like(n))
-        obs[:, 1] = (raw_entropy(logits.float()) if entropy is None else entropy) / 10.0
-        obs[:, 2] = ngram_diversity(tokens, lengths, 2, self.vocab)
-        obs[:, 3] = ngram_diversity(tokens, lengths, 3, self.vocab)
-        idx = lengths.unsqueeze(1) - RECENT_WINDOW + torch.arange(RECENT_WINDOW, device=device)  # (B, 10)
-        in_window = idx >= 0
-        recent = tokens.gather(1, idx.clamp_min(0))
-        count = in_window.sum(dim=1).clamp_min(1).float()
-        obs[:, 4] = torch.where(in_window.any(1), distinct_count(recent, in_window).float() / count, torch.ones_like(n))
-        same = (recent.unsqueeze(2) == recent.unsqueeze(1)) & in_window.unsqueeze(1) & in_window.unsqueeze(2)
-        obs[:, 5] = same.sum(dim=2).max(dim=1).values.float() / count
-        obs[:, 6] = (n / 100.0).clamp(max=1.0)
-        chunks = hidden.float()[:, :HIDDEN_CHUNKS * self.chunk].reshape(B, -1, self.chunk)  # (B, 24, chunk)
-        means = chunks.mean(dim=2)
-        obs[:, 10:10 + means.shape[1]] = means
-        if self.chunk > 1:
-            obs[:, 34:34 + means.shape[1]] = chunks.std(dim=2)
-        obs[:, 58] = torch.as_tensor(step, device=device, dtype=torch.float32) / self.max_steps
-        obs[:, 59] = 1.0
-        obs[:, 60] = previous_m.to(device).float().reshape(B)
-        return obs
-
-
-# ------------------------------------------------------------------------------------------- decoders
-class ModulatedDecoder:
-    """The default decoder: m -> GatingModulator parameters -> repetition penalty, temperature, top-k, top-p.
-    `decode(logits (N, V), seen, m (N,))` gets the episode's tokens so far as `seen` ((N, H) ids, -1 padding — the
-    form `apply_repetition_penalty` accepts) and returns the modulated logits (penalty + temperature; the reward's
-    'diversity' distribution), the sampling logits (after top-k/top-p; -inf elsewhere) and the effects."""
-
-    def __init__(self, modulator: GatingModulator):
-        self.modulator = modulator
-
-    def decode(self, logits: torch.Tensor, seen: torch.Tensor, m: torch.Tensor):
-        effects = self.modulator(m)
-        penalized = apply_repetition_penalty(logits, seen, effects.repetition_penalty)
-        modulated = filter_logits(penalized, temperature=effects.temperature)
-        sampling = filter_logits(modulated, top_k=effects.top_k, top_p=effects.top_p)
-        return modulated, sampling, effects
-
-    def observe(self, token: torch.Tensor, sampling_logits: torch.Tensor) -> None:
-        """Stateless; stateful decoders (Mirostat) adapt here after each sampled token."""
+    def reset(self, batch: int, device=None) -> None:
+        self.state = torch.zeros(batch, 3, device=device)
+        self.projection = self.projection.to(device)
+        self.boundary = self.boundary.to(device)
 
     def reset_rows(self, rows: torch.Tensor) -> None:
-        """Stateless; stateful decoders restart their per-row state here when an episode ends."""
+        self.state[rows] = 0.0
+
+    def observe(self, token: torch.Tensor, logits: torch.Tensor) -> None:
+        """After a token is sampled from the step whose raw logits were `logits`."""
+        surprise = -logits.float().log_softmax(dim=-1).gather(1, token.long().unsqueeze(1)).squeeze(1)
+        self.state[:, 1] = TREND_DECAY * self.state[:, 1] + (1 - TREND_DECAY) * surprise
+        self.state[:, 2] = surprise
+
+    def __call__(self, history: torch.Tensor, lengths: torch.Tensor | None, logits: torch.Tensor,
+                 hidden: torch.Tensor, steps, prev_action: torch.Tensor, prompt_lengths=None) -> torch.Tensor:
+        """history (B, H) ids (only the first `lengths` count; all when None), raw next-token logits (B, V), hidden
+        (B, E), steps (int or (B,)), prev_action (B,) -> (B, 64). Updates the entropy EMA."""
+        B, H = history.shape
+        device = logits.device
+        if self.state is None or self.state.shape[0] != B:
+            self.reset(B, device)
+        lengths = torch.full((B,), H, device=device) if lengths is None else lengths
+        log_probs = logits.float().log_softmax(dim=-1)
+        probs = log_probs.exp()
+        entropy = -(probs * log_probs).sum(dim=-1)
+        varentropy = (probs * (log_probs + entropy.unsqueeze(1)) ** 2).sum(dim=-1)
+        top = probs.topk(5, dim=-1)
+        valid = torch.arange(H, device=device) < lengths.unsqueeze(1)
+        ids = history.masked_fill(~valid, -1)
+        # each distinct token once: sort, then drop repeats, so the mass is a probability, not a count
+        ordered = ids.sort(dim=1).values
+        first = torch.ones_like(ordered, dtype=torch.bool)
+        first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+        unique = first & (ordered >= 0)
+        seen_mass = (probs.gather(1, ordered.clamp_min(0)) * unique).sum(dim=1)
+        argmax_seen = (ids == top.indices[:, :1]).any(dim=1)
+        positions = torch.arange(H, device=device).expand(B, H)
+        is_boundary = self.boundary[ids.clamp_min(0)] & valid
+        last_boundary = torch.where(is_boundary, positions, torch.full_like(positions, -1)).max(dim=1).values
+        since_boundary = (lengths - 1 - last_boundary).float()
+        idx = lengths.unsqueeze(1) - REPEAT_WINDOW + torch.arange(REPEAT_WINDOW, device=device)
+        recent = history.gather(1, idx.clamp_min(0)).masked_fill(idx < 0, -1)
+        same = (recent.unsqueeze(2) == recent.unsqueeze(1)) & (recent >= 0).unsqueeze(1)
+        earlier = torch.ones(REPEAT_WINDOW, REPEAT_WINDOW, dtype=torch.bool, device=device).tril(-1)
+        repeated = (same & earlier).any(dim=2).float().sum(dim=1) / (recent >= 0).sum(dim=1).clamp_min(1)
+        steps = torch.as_tensor(steps, device=device, dtype=torch.float32).expand(B)
+        ema_entropy = self.state[:, 0]
+        trend = torch.where(ema_entropy == 0, torch.zeros_like(entropy), entropy - ema_entropy)
+        self.state[:, 0] = torch.where(ema_entropy == 0, entropy,
+                                       TREND_DECAY * ema_entropy + (1 - TREND_DECAY) * entropy)
+        scalars = torch.stack([
+            entropy, varentropy, top.values[:, 0], top.values[:, 0] - top.values[:, 1], top.values.sum(dim=1),
+            trend, self.state[:, 2] - self.state[:, 1], self.state[:, 2], seen_mass, argmax_seen.float(),
+            since_boundary / 16.0, 1.0 - steps / self.max_steps, repeated,
+            prev_action.to(device).float().reshape(B) / self.action_scale, log_probs.max(dim=-1).values,
+        ], dim=1)
+        return torch.cat([scalars, hidden.float() @ self.projection.to(device)], dim=1)
 
 
 # ------------------------------------------------------------------------------------------- environment
 class GatingEnvironment:
-    """`num_envs` episodes stepping together. Row b draws its prompts and its tokens from its own generators seeded
-    by (seed, env_offset + b), so a batch of N environments reproduces N single environments with offsets 0..N-1."""
+    """`num_envs` rows in groups of `samples_per_prompt` stepping together. Row b draws its tokens from its own
+    generator seeded by (seed, env_offset + b), so a batch reproduces the same rows run alone."""
 
-    def __init__(self, model, modulator: GatingModulator, reward_computer, prompts: list[list[int]], rl_config: dict,
+    def __init__(self, model, action_space, reward_computer, prompts: list[list[int]], rl_config: dict,
                  num_envs: int | None = None, device: torch.device | str | None = None, seed: int = 0,
                  env_offset: int = 0, decoder=None, gate_training: bool = False, use_gates: bool | None = None,
-                 sequential_prompts: bool = False):
+                 sequential_prompts: bool = False, samples_per_prompt: int | None = None):
         if not prompts:
             raise ValueError("the environment needs at least one prompt")
         self.model = model.eval()
+        self.action_space = action_space
         self.reward_computer = reward_computer
         self.prompts = prompts
         self.config = rl_config
         self.num_envs = num_envs or rl_config["RL_NUM_ENVS"]
+        self.group_size = samples_per_prompt or rl_config["RL_SAMPLES_PER_PROMPT"]
+        if self.num_envs % self.group_size:
+            raise ValueError(f"{self.num_envs} environments do not split into groups of {self.group_size} samples "
+                             "per prompt (RL_NUM_ENVS must be a multiple of RL_SAMPLES_PER_PROMPT)")
+        self.num_groups = self.num_envs // self.group_size
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.decoder = decoder or ModulatedDecoder(modulator)
+        self.decoder = decoder or ControlledDecoder(action_space)
         self.gate_training = gate_training
-        self.use_gates = gate_training if use_gates is None else use_gates  # m feeds the DynamicGates
+        self.use_gates = gate_training if use_gates is None else use_gates  # the action feeds the DynamicGates
+        if self.use_gates and getattr(action_space, "kind", "continuous") != "continuous":
+            raise ValueError("the dynamic gates take the continuous modulation m; use RL_ACTION_MODE modulation")
         self.sequential_prompts = sequential_prompts
-        self.observe = ObservationBuilder(rl_config, model.config)
+        scale = (action_space.num_actions - 1) if getattr(action_space, "kind", "") == "discrete" else 1.0
+        self.observe = ObservationBuilder(rl_config, model.config, action_scale=scale)
         self.max_steps = rl_config["RL_MAX_EPISODE_LENGTH"]
-        self.prompt_range = (rl_config["RL_PROMPT_MIN_LENGTH"], rl_config["RL_PROMPT_MAX_LENGTH"])
-        self.initial_m = 0.5
-        self.history_len = max(self.prompt_range[1], max(len(p) for p in prompts) if sequential_prompts else 0) \
-            + self.max_steps
+        self.history_len = max(len(p) for p in prompts) + self.max_steps
         if self.history_len > model.max_context_length:
             raise ValueError(f"prompt + episode ({self.history_len} tokens) exceed MAX_CONTEXT_LENGTH "
                              f"{model.max_context_length}")
+        self.initial_action = 0.0 if scale != 1.0 else 0.5  # the base decoder / the midpoint of m
         streams = [seed * 1_000_003 + env_offset + b for b in range(self.num_envs)]
-        self.prompt_rngs = [torch.Generator().manual_seed(s) for s in streams]
+        # a group's prompt stream is its first row's: a batch reproduces its groups run alone at the same offset
+        self.prompt_rngs = [torch.Generator().manual_seed(streams[g * self.group_size])
+                            for g in range(self.num_groups)]
         self.token_rngs = [torch.Generator(device=self.device).manual_seed(s) for s in streams]
-        self.episodes_started = torch.zeros(self.num_envs, dtype=torch.long)
+        self.group = torch.arange(self.num_envs, device=self.device) // self.group_size
+        self.episodes_started = torch.zeros(self.num_groups, dtype=torch.long)
         self.gate_loss_sum, self.gate_loss_steps = 0.0, 0
         self.cache = None
 
     # ---------------------------------------------------------------------------------------------- episodes
-    def _next_prompt(self, row: int) -> list[int]:
-        if self.sequential_prompts:  # ablation: every policy sees the same prompts in the same order
-            index = (int(self.episodes_started[row]) * self.num_envs + row) % len(self.prompts)
-            return self.prompts[index]
-        g = self.prompt_rngs[row]
-        prompt = self.prompts[int(torch.randint(len(self.prompts), (1,), generator=g))]
-        lo, hi = min(self.prompt_range[0], len(prompt)), min(self.prompt_range[1], len(prompt))
-        return prompt[:int(torch.randint(lo, hi + 1, (1,), generator=g))]
+    def _next_prompt(self, group: int) -> list[int]:
+        if self.sequential_prompts:  # the study: every decoder sees the same prompts in the same order
+            index = (int(self.episodes_started[group]) * self.num_groups + group) % len(self.prompts)
+        else:
+            index = int(torch.randint(len(self.prompts), (1,), generator=self.prompt_rngs[group]))
+        return self.prompts[index]
 
     def reset(self) -> torch.Tensor:
         """Start a fresh episode in every row; returns the first observations (N, 64)."""
@@ -175,27 +185,34 @@ class GatingEnvironment:
         self.cache = self.model.new_cache(N, self.history_len, self.device, torch.float32)
         self.history = torch.full((N, self.history_len), -1, dtype=torch.long, device=self.device)
         self.lengths = torch.zeros(N, dtype=torch.long, device=self.device)
+        self.prompt_lengths = torch.zeros(N, dtype=torch.long, device=self.device)
         self.steps = torch.zeros(N, dtype=torch.long, device=self.device)
-        self.prev_m = torch.full((N,), self.initial_m, device=self.device)
+        self.active = torch.ones(N, dtype=torch.bool, device=self.device)
+        self.prev_action = torch.full((N,), self.initial_action, device=self.device)
         self.logits = torch.zeros(N, self.model.vocab_size, device=self.device)
         self.hidden = torch.zeros(N, self.model.config["EMBED_DIM"], device=self.device)
         self.episode_return = torch.zeros(N, device=self.device)
         self.episodes_started.zero_()
-        self._start_episodes(torch.arange(N, device=self.device))
+        self.observe.reset(N, self.device)
+        self._start_groups(list(range(self.num_groups)))
         return self._observation()
 
     @torch.no_grad()
-    def _start_episodes(self, rows: torch.Tensor) -> None:
-        """Pick prompts for `rows`, prefill them (left-padded) in one forward and splice them into the shared cache."""
-        prompts = [self._next_prompt(int(r)) for r in rows]
-        self.episodes_started[rows.cpu()] += 1
+    def _start_groups(self, groups: list[int]) -> None:
+        """Pick a prompt per group, prefill its K rows (left-padded) in one forward, splice them into the cache."""
+        prompts = []
+        for g in groups:
+            prompts += [self._next_prompt(g)] * self.group_size
+            self.episodes_started[g] += 1
+        rows = torch.tensor([g * self.group_size + k for g in groups for k in range(self.group_size)],
+                            device=self.device)
         width = max(len(p) for p in prompts)
         ids = torch.zeros(len(prompts), width, dtype=torch.long, device=self.device)
         mask = torch.zeros(len(prompts), width, dtype=torch.bool, device=self.device)
         for i, p in enumerate(prompts):
             ids[i, width - len(p):] = torch.tensor(p, device=self.device)
             mask[i, width - len(p):] = True
-        signal = torch.full((len(prompts), 1), self.initial_m, device=self.device) if self.use_gates else None
+        signal = torch.full((len(prompts), 1), self.initial_action, device=self.device) if self.use_gates else None
         logits, fresh, hidden = self.model(ids, gate_signals=signal, use_cache=True, return_hidden=True,
                                            attention_mask=mask, cache_capacity=self.history_len)
         self.cache.replace_rows(rows, fresh)
@@ -203,64 +220,72 @@ class GatingEnvironment:
         self.history[rows] = -1
         for i, (r, p) in enumerate(zip(rows.tolist(), prompts)):
             self.history[r, :len(p)] = ids[i, width - len(p):]
-        self.lengths[rows] = torch.tensor([len(p) for p in prompts], device=self.device)
+        self.lengths[rows] = self.prompt_lengths[rows] = torch.tensor([len(p) for p in prompts], device=self.device)
         self.steps[rows] = 0
-        self.prev_m[rows] = self.initial_m
+        self.active[rows] = True
+        self.prev_action[rows] = self.initial_action
         self.episode_return[rows] = 0.0
         self.decoder.reset_rows(rows)
+        self.observe.reset_rows(rows)
 
     def _observation(self) -> torch.Tensor:
-        """The observation for the current logits; also keeps their log-probabilities for the next step's reward."""
-        self.log_probs = self.logits.log_softmax(dim=-1)
-        return self.observe(self.history, self.logits, self.hidden, self.steps.float(), self.prev_m, self.lengths,
-                            raw_entropy(self.logits, self.log_probs))
+        return self.observe(self.history, self.lengths, self.logits, self.hidden, self.steps.float(),
+                            self.prev_action, self.prompt_lengths)
 
     # ---------------------------------------------------------------------------------------------- stepping
-    def step(self, m: torch.Tensor):
-        """m (N,) in [0, 1] -> (observation (N, 64), reward (N,), terminated (N,), truncated (N,), info)."""
+    def draw_uniforms(self) -> torch.Tensor:
+        """The next uniform of every row's token stream (N,): what `step` inverts through the sampling CDF."""
+        return torch.stack([torch.rand((), generator=g, device=self.device) for g in self.token_rngs])
+
+    def decide(self, action: torch.Tensor, uniforms: torch.Tensor):
+        """What `step` would sample and score for `action` with these uniforms, without changing any state except
+        nothing: (token (N,), reward components, DecodeStep). The per-token oracle compares actions with it."""
+        decided = self.decoder.decode(self.logits, self.history, self.lengths, action)
+        token = invert_cdf(decided.logits.float().softmax(dim=-1), uniforms)
+        token = torch.where(self.active, token, torch.full_like(token, EOT_TOKEN_ID))
+        components = self.reward_computer.compute(self.history, self.lengths, self.prompt_lengths, token, self.group)
+        return token, {k: v * self.active for k, v in components.items()}, decided
+
+    def step(self, action: torch.Tensor, uniforms: torch.Tensor | None = None):
+        """action (N,) -> (observation (N, 64), reward (N,), terminated (N,), truncated (N,), info)."""
         if self.cache is None:
             raise RuntimeError("call reset() before step()")
-        m = m.detach().to(self.device).float().reshape(self.num_envs).clamp(0.0, 1.0)
-        rows = torch.arange(self.num_envs, device=self.device)
+        action = action.detach().to(self.device).float().reshape(self.num_envs)
+        uniforms = self.draw_uniforms() if uniforms is None else uniforms
+        active = self.active.clone()
         with torch.no_grad():
-            # the episode's tokens so far (prompt included) are what the repetition penalty counts
-            modulated, sampling, effects = self.decoder.decode(self.logits, self.history, m)
-            probs = sampling.softmax(dim=-1)
-            token = sample_from_probs(probs, self.token_rngs)
-            token_logprob = self.log_probs[rows, token]
-            prev_token = self.history[rows, self.lengths - 1]
-            recent_idx = self.lengths.unsqueeze(1) - RECENT_WINDOW + torch.arange(RECENT_WINDOW, device=self.device)
-            recent = self.history.gather(1, recent_idx.clamp_min(0)).masked_fill(recent_idx < 0, -1)
-            sampling_entropy = torch.special.entr(probs).sum(dim=-1)
-            components = self.reward_computer.compute(token_logprob, modulated, sampling, token, prev_token, recent,
-                                                      sampling_entropy)
-            self.decoder.observe(token, sampling)
+            token, components, decided = self.decide(action, uniforms)
+            self.decoder.observe(token, decided)
+            self.observe.observe(token, self.logits)
         reward = components["total"]
-        self.history[rows, self.lengths] = token
-        self.lengths += 1
-        self.steps += 1
+        rows = active.nonzero().squeeze(1)
+        self.history[rows, self.lengths[rows]] = token[rows]
+        self.lengths += active
+        self.steps += active
         self.episode_return += reward
-        terminated = token == EOT_TOKEN_ID
-        truncated = (self.steps >= self.max_steps) & ~terminated
-        self._forward(token, m)  # the one batched LM forward of this step
-        self.prev_m = m.clone()  # a copy: restarting rows reset prev_m in place, m stays what the agent chose
+        terminated = active & (token == EOT_TOKEN_ID)
+        truncated = active & (self.steps >= self.max_steps) & ~terminated
+        self._forward(token, action)  # the one batched LM forward of this step
+        self.prev_action = torch.where(active, action, self.prev_action)
         obs = self._observation()
         ended = terminated | truncated
-        info = {"components": components, "tokens": token, "modulation": m, "effects": effects,
-                "sampling_entropy": sampling_entropy, "final_obs": obs.clone(),
-                "episode_returns": self.episode_return[ended].clone(), "episode_lengths": self.steps[ended].clone()}
-        if bool(ended.any()):
-            self._start_episodes(ended.nonzero().squeeze(1))
+        self.active &= ~ended
+        info = {"components": components, "tokens": token, "action": action, "params": decided.params,
+                "active": active, "final_obs": obs.clone(), "episode_returns": self.episode_return[ended].clone(),
+                "episode_lengths": self.steps[ended].clone()}
+        idle_groups = (~self.active).view(self.num_groups, self.group_size).all(dim=1)
+        if bool(idle_groups.any()):
+            self._start_groups(idle_groups.nonzero().squeeze(1).tolist())
             obs = self._observation()
-        return obs, reward, terminated, truncated, info
+        return obs, reward, terminated | ~active, truncated, info
 
-    def _forward(self, token: torch.Tensor, m: torch.Tensor) -> None:
-        signal = m.unsqueeze(1) if self.use_gates else None
+    def _forward(self, token: torch.Tensor, action: torch.Tensor) -> None:
+        signal = action.unsqueeze(1) if self.use_gates else None
         with torch.set_grad_enabled(self.gate_training):
             logits, self.cache, hidden = self.model(token.unsqueeze(1), gate_signals=signal, past_key_values=self.cache,
                                                     use_cache=True, return_hidden=True)
             if self.gate_training:
-                self._gate_objective(logits[:, -1], m)
+                self._gate_objective(logits[:, -1], action)
         self.logits, self.hidden = logits[:, -1].detach().float(), hidden[:, -1].detach().float()
 
     def _gate_objective(self, logits: torch.Tensor, m: torch.Tensor) -> None:
@@ -281,6 +306,31 @@ class GatingEnvironment:
         mean = self.gate_loss_sum / self.gate_loss_steps
         self.gate_loss_sum, self.gate_loss_steps = 0.0, 0
         return mean
+
+
+class OraclePolicy:
+    """The per-token oracle over a finite set of actions: at every step it tries each action with the SAME random
+    draw (common random numbers) and takes the one whose token scores the highest training reward,
+    total − λ · cost. It sees the future draw, so it bounds what a myopic controller could reach on the training
+    reward; the study reports how far that bound lies above the fixed decoders on the held-out measures."""
+
+    def __init__(self, env: GatingEnvironment, actions: list[float], lagrange_multiplier: float = 0.0):
+        self.env, self.actions, self.lam = env, [float(a) for a in actions], float(lagrange_multiplier)
+        self.uniforms: torch.Tensor | None = None
+
+    def choose(self) -> torch.Tensor:
+        """The best action per row for the env's next step; keeps the uniforms for that step."""
+        env = self.env
+        self.uniforms = env.draw_uniforms()
+        best_value = torch.full((env.num_envs,), -math.inf, device=env.device)
+        best = torch.zeros(env.num_envs, device=env.device)
+        for a in self.actions:
+            _, components, _ = env.decide(torch.full((env.num_envs,), a, device=env.device), self.uniforms)
+            value = components["total"] - self.lam * env.reward_computer.cost(components)
+            better = value > best_value
+            best = torch.where(better, torch.full_like(best, a), best)
+            best_value = torch.where(better, value, best_value)
+        return best
 
 
 def freeze_lm_except_gates(model) -> list[torch.nn.Parameter]:

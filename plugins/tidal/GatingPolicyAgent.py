@@ -1,10 +1,13 @@
 """Actor-critic for the gating policy, in the style of CleanRL's `ppo_continuous_action.py` (SPEC §7).
 
-obs (B, 64) → LayerNorm → Linear(64, 128) → tanh → Linear(128, 64) → tanh → features (B, 64), shared by
-  actor    64 → 32 → 2   Beta(α, β) over m ∈ [0, 1]   (or 64 → 32 → 1: the mean of a sigmoid-squashed Normal)
+obs (B, 64) → running mean/std normalisation, clipped to ±RL_OBS_CLIP → Linear(64, 128) → tanh → Linear(128, 64)
+→ tanh → features (B, 64), shared by
+  actor    64 → 32 → 2   Beta(α, β) over m ∈ [0, 1]    "beta"
+           64 → 32 → 1   mean of a sigmoid-squashed Normal over m   "gaussian"
+           64 → 32 → K   Categorical over K = RL_NUM_ACTIONS discrete actions   "categorical"
   critic   64 → 32 → 1   V(s)
   cost     64 → 32 → 1   V_c(s), only when RL_CONSTRAINT_MODE == "lagrangian"
-Actions are one value per row, shape (B,).
+Actions are one value per row, shape (B,), float: m for beta and gaussian, the action's index for categorical.
 """
 from __future__ import annotations
 
@@ -14,11 +17,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributions import Beta, Normal
+from torch.distributions import Beta, Categorical, Normal
 
 FEATURE_DIM = 64      # trunk output width (SPEC §7)
 HEAD_HIDDEN_DIM = 32  # hidden width of every head (SPEC §7)
 ACTION_EPS = 1e-6     # actions are clamped to [ε, 1 − ε] so log-probabilities stay finite at the bounds
+OBS_NORM_EPS = 1e-8   # added to the running variance so a constant observation slot does not divide by zero
 
 # Gauss–Hermite nodes/weights (probabilists' form, weight exp(−x²/2)) for E[f(u)], u ~ N(μ, σ): see ADR 0005.
 _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(16)
@@ -37,16 +41,50 @@ def _head(out_dim: int) -> nn.Sequential:
                          layer_init(nn.Linear(HEAD_HIDDEN_DIM, out_dim), gain=0.01))
 
 
+class RunningObsNorm(nn.Module):
+    """Normalises observations by the running mean and variance of every observation it was updated with, then
+    clips to ±clip (CleanRL's NormalizeObservation, kept inside the agent so the statistics are saved with it).
+
+    The statistics change only through `update`, never in `forward`: the trainer decides when they move (between
+    iterations), and evaluation uses them frozen. Before the first update it is the identity (then clipped)."""
+
+    def __init__(self, dim: int, clip: float):
+        super().__init__()
+        self.clip = clip
+        # buffers, not parameters: in the state_dict (so in every checkpoint), untouched by the optimizer
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, obs: torch.Tensor) -> None:
+        """Merge a batch (B, dim) into the statistics with the parallel-variance rule (Chan et al.), which equals
+        the statistics of all observations seen at once."""
+        n = obs.shape[0]
+        if n == 0:
+            return
+        batch_mean, batch_var = obs.mean(dim=0), obs.var(dim=0, unbiased=False)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        m2 = self.var * self.count + batch_var * n + delta ** 2 * (self.count * n / total)
+        self.mean += delta * (n / total)
+        self.var.copy_(m2 / total)
+        self.count += n
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return ((obs - self.mean) / torch.sqrt(self.var + OBS_NORM_EPS)).clamp(-self.clip, self.clip)
+
+
 class _GatingActorCritic(nn.Module):
-    """Trunk, critic and optional cost critic shared by both policy families."""
+    """Normaliser, trunk, critic and optional cost critic shared by every policy family."""
 
     def __init__(self, config: dict, actor_outputs: int):
         super().__init__()
         if config["RL_ACTION_DIM"] != 1:
-            raise ValueError("the gating agent controls one modulation value: RL_ACTION_DIM must be 1")
+            raise ValueError("the gating agent takes one action value per row: RL_ACTION_DIM must be 1")
         obs_dim, hidden_dim = config["RL_OBSERVATION_DIM"], config["RL_HIDDEN_DIM"]
+        self.obs_norm = RunningObsNorm(obs_dim, config["RL_OBS_CLIP"])
         self.trunk = nn.Sequential(
-            nn.LayerNorm(obs_dim),
             layer_init(nn.Linear(obs_dim, hidden_dim)), nn.Tanh(),
             layer_init(nn.Linear(hidden_dim, FEATURE_DIM)), nn.Tanh(),
         )
@@ -54,23 +92,31 @@ class _GatingActorCritic(nn.Module):
         self.critic = _head(1)
         self.cost_critic = _head(1) if config["RL_CONSTRAINT_MODE"] == "lagrangian" else None
 
+    def update_obs_norm(self, obs: torch.Tensor) -> None:
+        """Fold observations (B, obs_dim) into the running normalisation statistics."""
+        self.obs_norm.update(obs)
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.trunk(self.obs_norm(obs))  # (B, obs_dim) -> (B, 64)
+
     def get_value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(self.trunk(obs)).squeeze(-1)  # (B,)
+        return self.critic(self.features(obs)).squeeze(-1)  # (B,)
 
     def get_cost_value(self, obs: torch.Tensor) -> torch.Tensor:
         if self.cost_critic is None:
             raise RuntimeError("the cost critic exists only when RL_CONSTRAINT_MODE is 'lagrangian'")
-        return self.cost_critic(self.trunk(obs)).squeeze(-1)  # (B,)
+        return self.cost_critic(self.features(obs)).squeeze(-1)  # (B,)
 
     def get_action_and_value(self, obs: torch.Tensor, action: torch.Tensor | None = None,
                              deterministic: bool = False):
         """-> (action (B,), log_prob (B,), entropy (B,), value (B,)). With `action` given, scores it instead of
-        sampling. The returned action is clamped to [ε, 1 − ε], the value its log_prob was taken at."""
+        sampling. The returned action is the value its log_prob was taken at (m clamped to [ε, 1 − ε], or a float
+        index)."""
         raise NotImplementedError
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        """The gating-policy interface: obs (B, 64) -> m (B,)."""
+        """The gating-policy interface: obs (B, 64) -> action (B,): m, or a float index for categorical."""
         return self.get_action_and_value(obs, deterministic=deterministic)[0]
 
 
@@ -83,7 +129,7 @@ class GatingPolicyAgent(_GatingActorCritic):
         self.concentration_max = config["RL_BETA_CONCENTRATION_MAX"]
 
     def distribution(self, obs: torch.Tensor) -> Beta:
-        return self._distribution(self.trunk(obs))
+        return self._distribution(self.features(obs))
 
     def _distribution(self, features: torch.Tensor) -> Beta:
         out = self.actor(features)  # (B, 2)
@@ -91,7 +137,7 @@ class GatingPolicyAgent(_GatingActorCritic):
         return Beta(alpha, beta)
 
     def get_action_and_value(self, obs, action=None, deterministic=False):
-        features = self.trunk(obs)
+        features = self.features(obs)
         dist = self._distribution(features)
         if action is None:
             action = dist.mean if deterministic else dist.sample()
@@ -111,7 +157,7 @@ class GaussianGatingPolicyAgent(_GatingActorCritic):
         self.log_std = nn.Parameter(torch.zeros(1))
 
     def get_action_and_value(self, obs, action=None, deterministic=False):
-        features = self.trunk(obs)
+        features = self.features(obs)
         mu = self.actor(features).squeeze(-1)  # (B,)
         std = self.log_std.exp().expand_as(mu)
         normal = Normal(mu, std)
@@ -132,7 +178,28 @@ class GaussianGatingPolicyAgent(_GatingActorCritic):
         return ((F.logsigmoid(u) + F.logsigmoid(-u)) * weights).sum(dim=-1)
 
 
-AGENT_TYPES = {"beta": GatingPolicyAgent, "gaussian": GaussianGatingPolicyAgent}
+class CategoricalGatingPolicyAgent(_GatingActorCritic):
+    """Categorical over RL_NUM_ACTIONS discrete actions; the environment maps an index to decoding settings.
+    Indices travel as floats so every agent shares the trainer's rollout buffers. Deterministic action = argmax."""
+
+    def __init__(self, config: dict):
+        if config["RL_NUM_ACTIONS"] < 2:
+            raise ValueError(f"a categorical policy needs RL_NUM_ACTIONS >= 2, got {config['RL_NUM_ACTIONS']}")
+        super().__init__(config, actor_outputs=config["RL_NUM_ACTIONS"])
+
+    def distribution(self, obs: torch.Tensor) -> Categorical:
+        return Categorical(logits=self.actor(self.features(obs)))  # (B, K) logits
+
+    def get_action_and_value(self, obs, action=None, deterministic=False):
+        features = self.features(obs)
+        dist = Categorical(logits=self.actor(features))
+        if action is None:
+            action = dist.probs.argmax(dim=-1) if deterministic else dist.sample()
+        return action.float(), dist.log_prob(action.long()), dist.entropy(), self.critic(features).squeeze(-1)
+
+
+AGENT_TYPES = {"beta": GatingPolicyAgent, "gaussian": GaussianGatingPolicyAgent,
+               "categorical": CategoricalGatingPolicyAgent}
 
 
 def create_agent(config: dict) -> _GatingActorCritic:

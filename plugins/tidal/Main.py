@@ -1,7 +1,7 @@
 """Train the language model (phase 1), then evaluate it.
 
     python3 plugins/tidal/Main.py --config plugins/tidal/configs/base_config.yaml [--set KEY=VALUE ...] [--max-steps N]
-    python3 plugins/tidal/Main.py --resume experiments/<id>            # continue exactly where it stopped
+    python3 plugins/tidal/Main.py --resume experiments/<id>            # continue exactly where it stopped, to the same end
     torchrun --nproc_per_node=2 plugins/tidal/Main.py --config ...      # DistributedDataParallel
 
 Signals: SIGUSR1 asks for a graceful finish (complete the current step, save, evaluate, exit 0); SIGTERM or Ctrl-C
@@ -41,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", metavar="EXP_DIR", help="continue the experiment in EXP_DIR from training_state.pth")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set BATCH_SIZE=32 --set LEARNING_RATE_SCHEDULER.BASE_LR=3e-4")
-    parser.add_argument("--max-steps", type=int, help="stop after N optimizer steps (the LR schedule spans N)")
+    parser.add_argument("--max-steps", type=int, help="stop after N optimizer steps (the LR schedule spans N); with "
+                        "--resume the default is the run's own horizon, and another N rebuilds the schedule for N")
     args = parser.parse_args(argv)
     if not args.config and not args.resume:
         parser.error("--config is required (or --resume EXP_DIR)")
@@ -105,15 +106,22 @@ def main(argv=None) -> int:
     except TidalError as exc:
         if metrics:
             metrics.finalize("failed", error=str(exc))
+            append_to_log(exp_dir, f"error: {exc}\n")  # the run's log (and the dashboard's tail of it) ends with why
         raise
     except Exception as exc:  # an internal error: the traceback goes to the log, one line to the user
         if metrics:
             metrics.finalize("failed", error=f"{type(exc).__name__}: {exc}")
-        (exp_dir / "training.log").open("a").write(traceback.format_exc())
+        append_to_log(exp_dir, traceback.format_exc())
         raise TidalError(f"training failed: {type(exc).__name__}: {exc} (traceback in {exp_dir / 'training.log'})") from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def append_to_log(exp_dir: Path, text: str) -> None:
+    """Written to the file directly, not through the logger, whose console handler would repeat the one error line."""
+    with open(exp_dir / "training.log", "a", encoding="utf-8") as f:
+        f.write(text)
 
 
 def print_summary(exp_dir: Path, final: Path, results: dict) -> None:

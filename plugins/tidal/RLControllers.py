@@ -1,4 +1,4 @@
-"""Stateful controllers of the PPO trainer (SPEC §7): entropy schedules, diversity homeostasis, the Lagrange
+"""Stateful controllers of the PPO trainer (SPEC §7): entropy schedules and the Lagrange
 multiplier. Each is a small class with one `step(...)`, a `state_dict()` and a `load_state_dict()`; none of them
 reaches into the trainer, the agent or the reward computer: they return the value the trainer should use.
 """
@@ -23,9 +23,21 @@ def homeostatic_update(value: float, observed: float, *, target: float, rate: fl
 
 
 # ------------------------------------------------------------------------------------------- entropy coefficient
-class EntropyHomeostasis:
+class _EntropySchedule:
+    """`coef` is the entropy coefficient to use for the next update; `step(x)` advances it."""
+
+    coef: float
+
+    def state_dict(self) -> dict:
+        return {"coef": self.coef}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.coef = float(state["coef"])
+
+
+class EntropyHomeostasis(_EntropySchedule):
     """Raises the entropy coefficient while the policy's entropy is below RL_ENTROPY_TARGET_POLICY and lets it
-    relax back to the baseline RL_ENTROPY_COEF otherwise. `coef` is the value to use for the next update."""
+    relax back to the baseline RL_ENTROPY_COEF otherwise."""
 
     def __init__(self, config: dict):
         self.baseline = self.coef = float(config["RL_ENTROPY_COEF"])
@@ -40,14 +52,8 @@ class EntropyHomeostasis:
                                        maximum=self.maximum)
         return self.coef
 
-    def state_dict(self) -> dict:
-        return {"coef": self.coef}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.coef = float(state["coef"])
-
-
-class LinearEntropySchedule:
+class LinearEntropySchedule(_EntropySchedule):
     """RL_ENTROPY_COEF at iteration 0 → RL_ENTROPY_COEF_FINAL at the last iteration, constant after."""
 
     def __init__(self, config: dict, total_iterations: int):
@@ -60,53 +66,31 @@ class LinearEntropySchedule:
         self.coef = self.start + fraction * (self.final - self.start)
         return self.coef
 
-    def state_dict(self) -> dict:
-        return {"coef": self.coef}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.coef = float(state["coef"])
+class ConstantEntropySchedule(_EntropySchedule):
+    """RL_ENTROPY_COEF throughout, so no controller can keep the policy noisy once the reward says otherwise."""
+
+    def __init__(self, config: dict):
+        self.coef = float(config["RL_ENTROPY_COEF"])
+
+    def step(self, _observed: float) -> float:
+        return self.coef
 
 
-ENTROPY_SCHEDULES = ("homeostasis", "linear")
+ENTROPY_SCHEDULES = ("homeostasis", "linear", "constant")
 
 
-def make_entropy_schedule(config: dict, total_iterations: int) -> EntropyHomeostasis | LinearEntropySchedule:
-    """The schedule named by RL_ENTROPY_SCHEDULE. Both expose `coef`; homeostasis steps on the policy entropy,
-    the linear schedule on the iteration number."""
+def make_entropy_schedule(config: dict, total_iterations: int) -> _EntropySchedule:
+    """The schedule named by RL_ENTROPY_SCHEDULE. All expose `coef`; homeostasis steps on the policy entropy,
+    the linear schedule on the iteration number, the constant one ignores what it is stepped with."""
     kind = config["RL_ENTROPY_SCHEDULE"]
     if kind == "homeostasis":
         return EntropyHomeostasis(config)
     if kind == "linear":
         return LinearEntropySchedule(config, total_iterations)
+    if kind == "constant":
+        return ConstantEntropySchedule(config)
     raise ValueError(f"RL_ENTROPY_SCHEDULE must be one of {', '.join(ENTROPY_SCHEDULES)}; got {kind!r}")
-
-
-# ------------------------------------------------------------------------------------------- diversity weight
-class DiversityHomeostasis:
-    """The same rule on the diversity reward weight, driven by the rollout's mean diversity reward, decaying
-    toward the initial weight RL_REWARD_DIVERSITY_WEIGHT. Used in weighted mode when
-    RL_DIVERSITY_HOMEOSTASIS_TARGET is set."""
-
-    def __init__(self, config: dict):
-        if config["RL_DIVERSITY_HOMEOSTASIS_TARGET"] is None:
-            raise ValueError("diversity homeostasis needs RL_DIVERSITY_HOMEOSTASIS_TARGET")
-        self.baseline = self.weight = float(config["RL_REWARD_DIVERSITY_WEIGHT"])
-        self.target = config["RL_DIVERSITY_HOMEOSTASIS_TARGET"]
-        self.rate = config["RL_DIVERSITY_HOMEOSTASIS_RATE"]
-        self.decay = config["RL_DIVERSITY_HOMEOSTASIS_DECAY"]
-        self.minimum, self.maximum = config["RL_DIVERSITY_WEIGHT_MIN"], config["RL_DIVERSITY_WEIGHT_MAX"]
-
-    def step(self, mean_diversity: float) -> float:
-        self.weight = homeostatic_update(self.weight, mean_diversity, target=self.target, rate=self.rate,
-                                         decay=self.decay, baseline=self.baseline, minimum=self.minimum,
-                                         maximum=self.maximum)
-        return self.weight
-
-    def state_dict(self) -> dict:
-        return {"weight": self.weight}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.weight = float(state["weight"])
 
 
 # ------------------------------------------------------------------------------------------- PPO-Lagrangian

@@ -1,168 +1,109 @@
-"""Dense per-step reward for the gating agent (SPEC §7), batched over environments.
+"""Dense per-step reward for the gating agent that scores the TEXT, batched over environments (ADR 0015).
 
-Five components, each a (B,) tensor:
-  perplexity  −min(−log p(token), ln CLIP) / ln CLIP                   ∈ [−1, 0]
-  diversity   Gaussian in the entropy of the modulated distribution   ∈ (0, 1]
-  sampling    Gaussian in the entropy of the final sampling distribution ∈ (0, 1]
-  repetition  penalty from the new token's count in the recent window   ∈ [0, 1]   (subtracted)
-  coherence   add-one-smoothed bigram probability, 1 + ln p / ln V    ∈ [0, 1]
-total = Σ weight · component, with repetition subtracted.
-
-Bigram statistics are sparse (sorted int64 keys prev·V + next with counts) because a dense V × V table is
-impossible at V = 50,257; lookups are one `torch.searchsorted`.
+No term is the generator's own likelihood or the entropy of the distribution the controller chose (both were
+gameable: see research/adrs/0015). Three components, each a (B,) tensor:
+  quality     log-probability of the new token under the TRAINING judge (an n-gram LM built on a sample disjoint
+              from the generator's data and from the evaluation judge's), clipped: max(ln p, −CLIP) / CLIP ∈ [−1, 0]
+  repetition  1 when the n-gram ending at the new token already occurred in the sequence (prompt included), 0.5 when
+              the token is a content word already used in the last RL_REPETITION_WINDOW tokens, else 0   (subtracted)
+  overlap     1 when the new bigram already occurs in the generation of another sample of the same prompt (rows of a
+              group share a prompt): the set-level diversity cost over K samples                      (subtracted)
+total = w_q · quality − w_r · repetition − w_o · overlap. In lagrangian mode `overlap` leaves the total and becomes
+the constraint cost `cost(...)`, traded by the PPO-Lagrangian multiplier; a λ sweep traces a frontier.
+The dynamic gates never touch this scorer: it reads tokens only.
 """
 from __future__ import annotations
 
-import math
-import warnings
-from typing import NamedTuple
-
-import numpy as np
 import torch
 
-COMPONENTS = ("perplexity", "diversity", "sampling", "repetition", "coherence")
+COMPONENTS = ("quality", "repetition", "overlap")
+# Function words repeat in every good sentence; repeating them is not the failure the content penalty targets.
+_STOP_WORDS = frozenset("""the and was she her his him they them their there then that this with were had have has
+for from not but you your are one day said very little into when what who all out saw too can its it's would could
+our ours him himself herself over under just some""".split())
 
 
-class BigramStatistics(NamedTuple):
-    """Sparse bigram counts over a vocabulary of V tokens.
-
-    unigram_counts (V,): how many bigrams start with each token (its count in the stream, less one for the final
-    token), which makes the add-one-smoothed conditional sum to exactly one.
-    bigram_keys (K,): sorted unique prev·V + next. bigram_counts (K,): their counts.
-    """
-    unigram_counts: np.ndarray
-    bigram_keys: np.ndarray
-    bigram_counts: np.ndarray
-
-
-def _gaussian(x: torch.Tensor, target: float) -> torch.Tensor:
-    """exp(−½((x − target)/(target/2))²): 1 at the target, bandwidth half the target."""
-    return torch.exp(-0.5 * ((x - target) / (0.5 * target)) ** 2)
+def content_token_mask(tokenizer, vocab_size: int) -> torch.Tensor:
+    """(V,) bool: tokens that are a word of at least 3 letters and not a function word ("ball", " Lily")."""
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    for i in range(min(vocab_size, tokenizer.n_vocab)):
+        try:
+            text = tokenizer.decode_single_token_bytes(i).decode("utf-8").strip()
+        except (UnicodeDecodeError, KeyError):
+            continue
+        mask[i] = len(text) >= 3 and text.isalpha() and text.lower() not in _STOP_WORDS
+    return mask
 
 
-def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats of softmax(logits) per row; −inf logits contribute 0 (entr(0) = 0), not NaN."""
-    return torch.special.entr(torch.softmax(logits.float(), dim=-1)).sum(dim=-1)
-
-
-def _renormalised(weights: dict[str, float], disabled: set[str]) -> dict[str, float]:
-    """Zero the disabled components and rescale the others so the total weight is unchanged."""
-    total = sum(weights.values())
-    kept = sum(w for name, w in weights.items() if name not in disabled)
-    if kept <= 0:
-        raise ValueError("at least one reward component with a positive weight must stay enabled")
-    scale = total / kept
-    return {name: 0.0 if name in disabled else w * scale for name, w in weights.items()}
+def _ngram_keys(history: torch.Tensor, n: int, vocab: int) -> torch.Tensor:
+    """(B, H) ids (-1 padding) -> (B, H) keys of the n-gram ENDING at each position (-1 where it has padding or
+    starts before the row). Exact for n <= 3 at V = 50,257 (V³ < 2⁶³)."""
+    keys = history.clamp_min(0)
+    valid = history >= 0
+    for back in range(1, n):
+        prev = torch.full_like(history, -1)
+        prev[:, back:] = history[:, :-back]
+        valid &= prev >= 0
+        keys = keys + prev.clamp_min(0) * vocab ** back
+    return keys.masked_fill(~valid, -1)
 
 
 class RewardComputer:
-    """`compute(...)` returns a dict of (B,) reward components and their weighted `total`.
+    """`compute(history, lengths, prompt_lengths, token, group)` -> dict of (B,) components and their `total`."""
+    components = COMPONENTS
 
-    `weights` is a plain dict that controllers may change between rollouts (diversity homeostasis writes
-    `weights["diversity"]`); `set_lagrangian_mode()` moves diversity into a constraint (see `cost`).
-    """
+    def __init__(self, config: dict, judge, content_tokens: torch.Tensor):
+        self.judge = judge
+        self.content_tokens = content_tokens
+        self.vocab_size = int(content_tokens.shape[0])
+        self.clip = float(config["RL_QUALITY_CLIP"])
+        self.window = int(config["RL_REPETITION_WINDOW"])
+        self.ngram = int(config["RL_REPETITION_NGRAM"])
+        if not 2 <= self.ngram <= 3:
+            raise ValueError(f"RL_REPETITION_NGRAM must be 2 or 3, got {self.ngram}")
+        self.weights = {"quality": float(config["RL_REWARD_QUALITY_WEIGHT"]),
+                        "repetition": float(config["RL_REWARD_REPETITION_WEIGHT"]),
+                        "overlap": float(config["RL_REWARD_OVERLAP_WEIGHT"])}
 
-    def __init__(self, config: dict, vocab_size: int, bigram_counts: BigramStatistics | None = None):
-        self.vocab_size = vocab_size
-        self.weights = {name: float(config[f"RL_REWARD_{name.upper()}_WEIGHT"]) for name in COMPONENTS}
-        self.log_perplexity_clip = math.log(config["RL_PERPLEXITY_CLIP"])
-        self.entropy_target = config["RL_ENTROPY_TARGET"]
-        self.sampling_entropy_target = config["RL_SAMPLING_ENTROPY_TARGET"]
-        self.repetition_window = config["RL_REPETITION_WINDOW"]
-        self.diversity_threshold = config["RL_DIVERSITY_CONSTRAINT_THRESHOLD"]
-        if bigram_counts is None:
-            warnings.warn("RewardComputer without bigram statistics: coherence is the same for every token "
-                          "(pass RewardComputer.bigram_statistics_from_tokens(...))", stacklevel=2)
-            bigram_counts = BigramStatistics(np.zeros(vocab_size, np.int64), np.zeros(0, np.int64),
-                                             np.zeros(0, np.int64))
-        self._stats = {name: torch.as_tensor(np.asarray(array, dtype=np.int64))
-                       for name, array in BigramStatistics(*bigram_counts)._asdict().items()}
-
-    @staticmethod
-    def bigram_statistics_from_tokens(tokens: np.ndarray, vocab_size: int) -> BigramStatistics:
-        """Count the bigrams of a flat token stream (e.g. uint16 GPT-2 ids, stories separated by <|endoftext|>)."""
-        tokens = np.asarray(tokens).astype(np.int64)  # before multiplying: prev·V overflows uint16 and int32
-        if tokens.ndim != 1 or tokens.size < 2:
-            raise ValueError("bigram statistics need a flat stream of at least 2 tokens")
-        if tokens.min() < 0 or tokens.max() >= vocab_size:
-            raise ValueError(f"token ids must lie in [0, {vocab_size})")
-        keys, counts = np.unique(tokens[:-1] * vocab_size + tokens[1:], return_counts=True)  # sorted
-        return BigramStatistics(np.bincount(tokens[:-1], minlength=vocab_size), keys, counts.astype(np.int64))
-
-    # ---------------------------------------------------------------------------------------- modes
     def set_lagrangian_mode(self) -> None:
-        """Diversity becomes a constraint handled by a Lagrange multiplier: drop it (and repetition) from the
-        reward and rescale perplexity, sampling and coherence to the same total weight."""
-        self.weights = _renormalised(self.weights, {"diversity", "repetition"})
+        """Overlap becomes a constraint handled by a Lagrange multiplier instead of a weighted term."""
+        self.weights["overlap"] = 0.0
 
-    def cost(self, diversity: torch.Tensor) -> torch.Tensor:
-        """Constraint cost per step: max(0, RL_DIVERSITY_CONSTRAINT_THRESHOLD − diversity)."""
-        return (self.diversity_threshold - diversity).clamp_min(0.0)
+    def cost(self, components: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The constraint cost per step: the set-level overlap."""
+        return components["overlap"]
 
-    # ---------------------------------------------------------------------------------------- reward
     @torch.no_grad()  # rewards are data, never a gradient path (even while the dynamic gates train)
-    def compute(self, token_logprob: torch.Tensor, modulated_logits: torch.Tensor, sampling_logits: torch.Tensor,
-                new_token: torch.Tensor, prev_token: torch.Tensor, recent_tokens: torch.Tensor,
-                sampling_entropy: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """All inputs are batched over B environments.
+    def compute(self, history: torch.Tensor, lengths: torch.Tensor, prompt_lengths: torch.Tensor,
+                token: torch.Tensor, group: torch.Tensor) -> dict[str, torch.Tensor]:
+        """history (B, H): each row's tokens so far (prompt, then generation), -1 after `lengths`; token (B,): the new
+        token; prompt_lengths (B,); group (B,): rows with the same group id are samples of the same prompt."""
+        B, H = history.shape
+        device = history.device
+        positions = torch.arange(H, device=device)
+        valid = positions < lengths.unsqueeze(1)
+        history = history.masked_fill(~valid, -1)
+        extended = torch.cat([history, torch.full((B, 1), -1, dtype=history.dtype, device=device)], dim=1)
+        extended.scatter_(1, lengths.unsqueeze(1), token.unsqueeze(1))
+        keys = _ngram_keys(extended, self.ngram, self.vocab_size)  # (B, H + 1)
+        new_key = keys.gather(1, lengths.unsqueeze(1))  # (B, 1)
+        earlier = torch.arange(H + 1, device=device) < lengths.unsqueeze(1)
+        ngram_repeat = ((keys == new_key) & earlier & (new_key >= 0)).any(dim=1)
+        recent = earlier & (torch.arange(H + 1, device=device) >= (lengths - self.window).unsqueeze(1))
+        content_repeat = self.content_tokens.to(device)[token] & ((extended == token.unsqueeze(1)) & recent).any(dim=1)
+        repetition = torch.where(ngram_repeat, 1.0, torch.where(content_repeat, 0.5, 0.0))
 
-        token_logprob (B,): log-probability of the sampled token. modulated_logits (B, V): after repetition
-        penalty and temperature. sampling_logits (B, V): after top-k/top-p, removed entries −inf.
-        new_token, prev_token (B,): the sampled token and the one before it. recent_tokens (B, W): the tokens
-        before the new one, most recent last, −1 for padding; only the last RL_REPETITION_WINDOW columns count.
-        sampling_entropy (B,), optional: the entropy of softmax(sampling_logits) when the caller already has it
-        (a full pass over the vocabulary saved per step).
-        """
-        nll = -token_logprob.float()  # ln perplexity of the token; clipping it avoids exp overflow
-        out = {
-            "perplexity": -nll.clamp(max=self.log_perplexity_clip) / self.log_perplexity_clip,
-            "diversity": _gaussian(_entropy(modulated_logits), self.entropy_target),
-            "sampling": _gaussian(_entropy(sampling_logits) if sampling_entropy is None else sampling_entropy,
-                                  self.sampling_entropy_target),
-            "repetition": self._repetition(new_token, prev_token, recent_tokens),
-            "coherence": self._coherence(prev_token, new_token),
-        }
-        out["total"] = sum(self.weights[name] * out[name] for name in COMPONENTS if name != "repetition") \
-            - self.weights["repetition"] * out["repetition"]
+        bigrams = _ngram_keys(extended, 2, self.vocab_size)  # (B, H + 1)
+        new_bigram = bigrams.gather(1, lengths.unsqueeze(1)).squeeze(1)  # (B,)
+        generated = (torch.arange(H + 1, device=device) >= prompt_lengths.unsqueeze(1)) & earlier
+        sibling_keys = bigrams.masked_fill(~generated, -2)  # never equal to a real key or to -1
+        siblings = (group.unsqueeze(1) == group.unsqueeze(0)) & ~torch.eye(B, dtype=torch.bool, device=device)
+        shared = (sibling_keys.unsqueeze(0) == new_bigram.view(B, 1, 1)).any(dim=2)  # (B, B): row b's bigram in row j
+        overlap = ((shared & siblings).any(dim=1) & (new_bigram >= 0)).float()
+
+        logprob = self.judge.logprob_next(history, lengths, token)
+        quality = logprob.float().clamp_min(-self.clip) / self.clip
+        out = {"quality": quality, "repetition": repetition.float(), "overlap": overlap}
+        out["total"] = self.weights["quality"] * quality - self.weights["repetition"] * out["repetition"] \
+            - self.weights["overlap"] * overlap
         return out
-
-    def _repetition(self, new_token: torch.Tensor, prev_token: torch.Tensor, recent_tokens: torch.Tensor
-                    ) -> torch.Tensor:
-        window = recent_tokens[:, -self.repetition_window:]
-        count = (window == new_token.unsqueeze(1)).sum(dim=1).float()  # padding (−1) never equals a token
-        penalty = torch.where(count < 3, 0.25 * count, (0.75 + 0.05 * (count - 3)).clamp(max=1.0))
-        penalty = penalty + 0.3 * (new_token == prev_token).float()
-        return penalty.clamp(max=1.0)
-
-    def _coherence(self, prev_token: torch.Tensor, new_token: torch.Tensor) -> torch.Tensor:
-        stats = self._stats_on(new_token.device)
-        keys, counts = stats["bigram_keys"], stats["bigram_counts"]
-        prev, new = prev_token.long(), new_token.long()
-        pair_count = torch.zeros_like(new)
-        if keys.numel():
-            query = prev * self.vocab_size + new
-            idx = torch.searchsorted(keys, query).clamp(max=keys.numel() - 1)
-            pair_count = torch.where(keys[idx] == query, counts[idx], pair_count)
-        p = (pair_count + 1).float() / (stats["unigram_counts"][prev] + self.vocab_size).float()
-        return (1.0 + torch.log(p) / math.log(self.vocab_size)).clamp(0.0, 1.0)
-
-    def _stats_on(self, device: torch.device) -> dict[str, torch.Tensor]:
-        """The statistics on the device of the batch (moved once, on first use there)."""
-        if self._stats["bigram_keys"].device != device:
-            self._stats = {name: t.to(device) for name, t in self._stats.items()}
-        return self._stats
-
-
-class AblationRewardComputer(RewardComputer):
-    """A RewardComputer with some components switched off (weight 0, the rest rescaled to the same total).
-    It requires bigram statistics: an ablation with constant coherence is the SPEC §14 defect."""
-
-    def __init__(self, config: dict, vocab_size: int, bigram_counts: BigramStatistics | None,
-                 enable_perplexity: bool = True, enable_diversity: bool = True, enable_sampling: bool = True,
-                 enable_repetition: bool = True, enable_coherence: bool = True):
-        if bigram_counts is None:
-            raise ValueError("the ablation needs bigram statistics; without them coherence is constant")
-        super().__init__(config, vocab_size, bigram_counts)
-        enabled = dict(perplexity=enable_perplexity, diversity=enable_diversity, sampling=enable_sampling,
-                       repetition=enable_repetition, coherence=enable_coherence)
-        self.weights = _renormalised(self.weights, {name for name, on in enabled.items() if not on})

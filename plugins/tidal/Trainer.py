@@ -188,8 +188,12 @@ class Trainer:
             raise TidalError(f"the training split has {len(self.train_data)} sequences of {self.config['MAX_CONTEXT_LENGTH']} "
                              f"tokens, fewer than one optimizer step of {self.config['DESIRED_BATCH_SIZE']}; "
                              "use a larger dataset or a smaller DESIRED_BATCH_SIZE")
+        self.total_steps = self._horizon()
+
+    def _horizon(self) -> int:
+        """Optimizer steps this run trains for: NUM_EPOCHS epochs, cut at max_steps when one is set."""
         total = self.config["NUM_EPOCHS"] * self.steps_per_epoch
-        self.total_steps = min(total, self.max_steps) if self.max_steps else total
+        return min(total, self.max_steps) if self.max_steps else total
 
     # ---------------------------------------------------------------------------------------------- the loop
     def run(self, resume_from: str | Path | None = None) -> Path | None:
@@ -350,10 +354,25 @@ class Trainer:
             "early_stopping": self.early_stopping.state_dict(),
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "tokens_seen": self.tokens_seen,
+            "max_steps": self.max_steps,  # the horizon asked for, so a resume continues the same run
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
         atomic_torch_save(state, self.experiment_dir / TRAINING_STATE)
+
+    def _restore_horizon(self, state: dict) -> None:
+        """Keep the horizon the run was started with unless this resume asks for another (--max-steps, NUM_EPOCHS);
+        then the LR schedule is rebuilt for the new length at the same position, and the change is logged."""
+        saved_total = self.scheduler.total_steps
+        if self.max_steps is None:
+            # states written before the horizon was saved: the schedule's length is that horizon
+            self.max_steps = state.get("max_steps", saved_total)
+        self.total_steps = self._horizon()
+        if self.total_steps != saved_total:
+            self.scheduler.set_total_steps(self.total_steps)
+            if self.dist.is_main:
+                self.logger.warning("horizon changed from %d to %d steps on resume; learning-rate schedule rebuilt "
+                                    "for %d steps", saved_total, self.total_steps, self.total_steps)
 
     def _restore(self, path: Path) -> None:
         if path.is_dir():
@@ -369,6 +388,7 @@ class Trainer:
         load_model_weights(self.raw_model, state["model_state_dict"])
         self.optimizer.load_state_dict(state["optimizer_state_dict"])
         self.scheduler.load_state_dict(state["scheduler_state_dict"])
+        self._restore_horizon(state)
         self.scaler.load_state_dict(state["scaler_state_dict"])
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]

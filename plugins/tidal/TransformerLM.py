@@ -1,7 +1,8 @@
-"""The gated Transformer language model, its KV cache, the sampling filters and batched generation.
+"""The gated Transformer language model, its KV cache and batched generation.
 
 Reads top to bottom in dependency order: rotary positions -> KVCache -> DynamicGate -> CausalSelfAttention ->
-FeedForward -> GatedTransformerBlock -> TransformerLM -> sampling filters -> checkpoint helpers.
+FeedForward -> GatedTransformerBlock -> TransformerLM (and its generation loop) -> checkpoint helpers. Sampling
+filters and decoders live in Decoding.py, shared with the RL environment and the study.
 Shapes: B batch, T new tokens, C cache capacity, E embedding, nh heads, hs head size, V vocabulary.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from plugins.tidal.Decoding import Decoder, DecodeStep, PlainDecoder, sample_tokens
 from plugins.tidal.Utils import TidalError, describe_exception
 
 GateSignals = torch.Tensor | None
@@ -55,7 +57,9 @@ class KVCache:
         return self.key_pos.shape[0]
 
     def advance(self, T: int, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reserve slots for T new tokens per row; returns positions (B,T), slots (B,T), attention mask (B,1,T,C)."""
+        """Reserve slots for T new tokens per row; returns positions (B,T), slots (B,T), attention mask (B,1,T|1,C)."""
+        if T == 1 and valid is None:
+            return self._advance_one()
         if T > 1 and bool((self.next_pos + T > self.capacity).any()) and bool((self.next_pos > 0).any()):
             raise ValueError("a multi-token append would wrap the KV cache; append one token at a time past capacity")
         if T > self.capacity:
@@ -70,6 +74,15 @@ class KVCache:
         # Every query may see its own slot, so a padding query never has an empty row (which would give NaN).
         allowed |= torch.arange(self.capacity, device=slots.device) == slots.unsqueeze(-1)
         return positions, slots, allowed.unsqueeze(1)
+
+    def _advance_one(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The decode step's advance in five small ops: every stored key sits at or before the new position (rows only
+        move forward), so the causal mask reduces to "slot holds a real token", and the new slot is one of them."""
+        positions = self.next_pos.unsqueeze(1).clone()                      # (B, 1)
+        slots = positions % self.capacity
+        self.key_pos.scatter_(1, slots, positions)
+        self.next_pos += 1
+        return positions, slots, (self.key_pos >= 0)[:, None, None, :]     # (B, 1, 1, C)
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store (B, nh, T, hs) keys/values at `slots` (B, T); return the layer's full (B, nh, C, hs) buffers.
@@ -178,7 +191,49 @@ class GatedTransformerBlock(nn.Module):
         return x + self.dropout(f)
 
 
+class VocabProjection(nn.Linear):
+    """The output projection E -> V, about three quarters of the weight bytes a decode step reads (ADR 0016).
+
+    With grad enabled (training) it is a plain nn.Linear. Without grad it multiplies by a packed copy of its weights,
+    per `INFERENCE_WEIGHTS`: "fp32" stores W transposed (E, V), which MKL's CPU GEMV streams at memory bandwidth
+    where the (V, E) layout reaches less than half of it; "bf16" stores W in bf16 (half the bytes, AVX512-BF16/AMX or
+    tensor cores); "eager" uses the trained weights as they are. The copy is rebuilt when the weights change (an
+    optimizer step, load_state_dict, .to()), which the tensors' version counters and storage pointers reveal."""
+
+    MODES = ("eager", "fp32", "bf16")
+
+    def __init__(self, in_features: int, out_features: int, inference_weights: str):
+        super().__init__(in_features, out_features)
+        if inference_weights not in self.MODES:
+            raise ValueError(f"INFERENCE_WEIGHTS must be one of {self.MODES}, got {inference_weights!r}")
+        self.inference_weights = inference_weights
+        self._packed: tuple | None = None  # (key, weight, bias): derived state, never in the state dict
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inference_weights == "eager" or torch.is_grad_enabled():
+            return super().forward(x)
+        weight, bias = self._packed_weights()
+        if self.inference_weights == "bf16":
+            return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+        flat = x.reshape(-1, x.shape[-1]).to(weight.dtype)                  # (B*T, E)
+        return torch.addmm(bias, flat, weight).view(*x.shape[:-1], -1).to(x.dtype)  # (B*T, E) @ (E, V)
+
+    def _packed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        w, b = self.weight, self.bias
+        key = (w.data_ptr(), w._version, b.data_ptr(), b._version, self.inference_weights)
+        if self._packed is None or self._packed[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode too
+                if self.inference_weights == "bf16":
+                    packed = (w.to(torch.bfloat16), b.to(torch.bfloat16))
+                else:
+                    packed = (w.t().contiguous(), b.clone())
+            self._packed = (key, *packed)
+        return self._packed[1], self._packed[2]
+
+
 class TransformerLM(nn.Module):
+    EOS_CHECK_INTERVAL = 8  # generate() checks for "every row finished" every this many tokens
+
     def __init__(self, vocab_size: int, config: dict):
         super().__init__()
         self.config = config
@@ -190,7 +245,7 @@ class TransformerLM(nn.Module):
         self.embedding_dropout = nn.Dropout(config["DROPOUT"])
         self.transformer_blocks = nn.ModuleList(GatedTransformerBlock(config) for _ in range(config["NUM_TRANSFORMER_BLOCKS"]))
         self.final_layer_norm = nn.LayerNorm(E)
-        self.output_projection = nn.Linear(E, vocab_size)  # untied from the embedding (SPEC §3)
+        self.output_projection = VocabProjection(E, vocab_size, config["INFERENCE_WEIGHTS"])  # untied (SPEC §3)
         hs = E // config["NUM_ATTENTION_HEADS"]
         inv_freq = 1.0 / (config["ROPE_THETA"] ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # derived, so not part of checkpoints
@@ -260,78 +315,78 @@ class TransformerLM(nn.Module):
         attn = self.transformer_blocks[0].attn
         return KVCache(len(self.transformer_blocks), batch, attn.num_heads, capacity, attn.head_size, device, dtype)
 
-    @staticmethod
-    def validate_sampling(temperature, top_k, top_p, repetition_penalty) -> None:
-        """Raise ValueError for parameters outside their domain (scalars or per-row tensors)."""
-        def values(x):
-            return torch.as_tensor(x, dtype=torch.float64).flatten()
-        t, k, p, r = values(temperature), values(top_k), values(top_p), values(repetition_penalty)
-        if not torch.isfinite(t).all() or (t < 0).any():
-            raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
-        if not torch.isfinite(k).all() or (k < 0).any() or (k != k.round()).any():
-            raise ValueError(f"top_k must be a whole number >= 0 (0 disables it), got {top_k}")
-        if not torch.isfinite(p).all() or (p <= 0).any() or (p > 1).any():
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if not torch.isfinite(r).all() or (r <= 0).any():
-            raise ValueError(f"repetition_penalty must be finite and > 0, got {repetition_penalty}")
-
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int, temperature=1.0, top_k=0, top_p=1.0,
-                 repetition_penalty=1.0, gate_signals: GateSignals | "GenerationController" = None,
+                 repetition_penalty=1.0, min_p=0.0, decoder: Decoder | None = None,
+                 controller: "GenerationController | None" = None, gate_signals: GateSignals = None,
                  eos_token_id: int | None = None, seed: int | None = None, use_cache: bool = True) -> torch.Tensor:
         """Sample up to `max_new_tokens` per row; returns (B, T + new). Rows that emit `eos_token_id` are padded with it
         and generation stops when every row has finished. `seed` gives each row b its own generator (seed + b), so a
-        row's tokens do not depend on the rest of the batch. `gate_signals` is a constant (B, 1) signal or a
-        controller whose `decide` picks the signal and the sampling parameters at every step (gated generation)."""
+        row's tokens do not depend on the rest of the batch.
+
+        The decoder is `decoder` (any Decoding decoder), else the controller's, else a PlainDecoder from the keyword
+        parameters. A `controller` (gated generation) picks the gate signal and the decoder's action before every
+        token; `gate_signals` is a constant (B, G) signal otherwise."""
         if prompt_ids.dim() != 2 or prompt_ids.shape[1] == 0:
             raise ValueError(f"prompt_ids must be a non-empty (B, T) tensor, got shape {tuple(prompt_ids.shape)}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens}")
-        self.validate_sampling(temperature, top_k, top_p, repetition_penalty)
-        controller = gate_signals if hasattr(gate_signals, "decide") else None
-        signal = controller.initial_signal(prompt_ids.shape[0]) if controller else gate_signals
         if controller is not None and not use_cache:
             raise ValueError("controller-driven generation needs the KV cache")
-        B, device = prompt_ids.shape[0], prompt_ids.device
+        decoder = decoder or (controller.decoder if controller is not None else
+                              PlainDecoder(temperature, top_k, top_p, min_p, repetition_penalty))
+        B, T0, device = prompt_ids.shape[0], prompt_ids.shape[1], prompt_ids.device
+        signal = controller.initial_signal(B) if controller is not None else gate_signals
         generators = None if seed is None else [torch.Generator(device=device).manual_seed(seed + b) for b in range(B)]
-        tokens = prompt_ids
-        seen = torch.zeros(B, self.vocab_size, dtype=torch.bool, device=device).scatter_(1, prompt_ids, True)
+        tokens = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=device)  # written in place, never cat
+        tokens[:, :T0] = prompt_ids
         finished = torch.zeros(B, dtype=torch.bool, device=device)
-        context = prompt_ids[:, -self.max_context_length:]
+        decoder.reset_rows(torch.arange(B, device=device))
         if use_cache:
+            context = prompt_ids[:, -self.max_context_length:]
             capacity = min(self.max_context_length, context.shape[1] + max_new_tokens)
             logits, cache, hidden = self(context, gate_signals=signal, use_cache=True, return_hidden=True,
                                          cache_capacity=capacity)
+        length = T0
         for step in range(max_new_tokens):
             if not use_cache:
-                logits = self(tokens[:, -self.max_context_length:], gate_signals=signal)
-            params = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+                logits, hidden = self(tokens[:, max(0, length - self.max_context_length):length],
+                                      gate_signals=signal, return_hidden=True)
+            history = tokens[:, :length]
             next_logits = logits[:, -1, :].float()
+            action = None
             if controller is not None:
-                signal, params = controller.decide(step, tokens, next_logits, hidden[:, -1, :])
-            filtered = apply_repetition_penalty(next_logits, seen, params["repetition_penalty"])
-            next_token = sample_next_token(filtered, params["temperature"], params["top_k"], params["top_p"], generators)
+                signal, action = controller.decide(step, history, next_logits, hidden[:, -1, :])
+            decided = decoder.decode(next_logits, history, None, action)
+            next_token = sample_tokens(decided.logits, generators)
+            decoder.observe(next_token, decided)
             if controller is not None:
-                controller.record(next_token, filtered)
+                controller.record(next_token, decided)
             if eos_token_id is not None:
                 next_token = next_token.masked_fill(finished, eos_token_id)
                 finished |= next_token == eos_token_id
-            tokens = torch.cat([tokens, next_token.unsqueeze(1)], dim=1)
-            seen.scatter_(1, next_token.unsqueeze(1), True)
-            if eos_token_id is not None and bool(finished.all()):
+            tokens[:, length] = next_token
+            length += 1
+            # reading `finished` on the host waits for the device: do it every few tokens, then trim to the exact end
+            if eos_token_id is not None and (step + 1) % self.EOS_CHECK_INTERVAL == 0 and bool(finished.all()):
                 break
             if use_cache and step + 1 < max_new_tokens:
                 logits, cache, hidden = self(next_token.unsqueeze(1), gate_signals=signal, past_key_values=cache,
                                              use_cache=True, return_hidden=True)
-        return tokens
+        if eos_token_id is not None and bool(finished.all()):
+            # the first step at which every row had emitted eos; later columns hold eos only
+            emitted = tokens[:, T0:length] == eos_token_id                  # (B, new)
+            length = T0 + int(emitted.float().argmax(dim=1).max()) + 1
+        return tokens[:, :length]
 
 
 class GenerationController:
-    """Protocol for gated generation: picks the gate signal and sampling parameters before every token.
+    """Protocol for gated generation: picks the gate signal and the decoder's action before every token.
 
-    `initial_signal(B)` is the signal under which the prompt is processed; `decide(step, tokens (B, T), logits (B, V),
-    hidden (B, E))` returns (signal (B, 1) or None, dict of temperature/top_k/top_p/repetition_penalty, scalars or
-    (B,) tensors); `record(token (B,), filtered_logits (B, V))` observes the sampled token."""
+    `decoder` is the (controlled) decoder the actions drive; `initial_signal(B)` is the signal under which the prompt
+    is processed; `decide(step, tokens (B, T), logits (B, V), hidden (B, E))` returns (signal (B, G) or None,
+    action (B,)); `record(token (B,), decided: DecodeStep)` observes the sampled token."""
+    decoder: Decoder
 
     def initial_signal(self, batch: int) -> GateSignals:
         return None
@@ -339,75 +394,8 @@ class GenerationController:
     def decide(self, step: int, tokens: torch.Tensor, logits: torch.Tensor, hidden: torch.Tensor):
         raise NotImplementedError
 
-    def record(self, token: torch.Tensor, filtered_logits: torch.Tensor) -> None:
+    def record(self, token: torch.Tensor, decided: DecodeStep) -> None:
         pass
-
-
-# ------------------------------------------------------------------------------------------- sampling filters
-def _per_row(value, batch: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A scalar or (B,) tensor as a (B, 1) column on `like`'s device."""
-    t = torch.as_tensor(value, device=like.device, dtype=dtype or like.dtype)
-    return t.expand(batch).reshape(batch, 1) if t.dim() == 0 else t.reshape(batch, 1)
-
-
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty) -> torch.Tensor:
-    """CTRL penalty over tokens already present: positive logits / p, negative logits * p.
-
-    `seen` is a (B, V) bool mask, or (B, H) int64 token ids padded with -1 whose first column is a real token — then
-    only those H entries per row are touched instead of all V (the RL environment's per-step path)."""
-    p = _per_row(penalty, logits.shape[0], logits)
-    if seen.dtype == torch.bool:
-        return torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
-    ids = torch.where(seen < 0, seen[:, :1], seen)  # padding repeats a real id: duplicates write the same value
-    values = logits.gather(1, ids)
-    return logits.scatter(1, ids, torch.where(values > 0, values / p, values * p))
-
-
-def filter_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0) -> torch.Tensor:
-    """÷ temperature, then top-k (0 = off), then nucleus top-p on the renormalised top-k distribution (the token that
-    crosses p is kept). Parameters are scalars or per-row (B,) tensors; removed entries become -inf."""
-    B, V = logits.shape
-    t = _per_row(temperature, B, logits)
-    logits = logits / torch.where(t > 0, t, torch.ones_like(t))  # temperature 0 is greedy: the argmax is unchanged
-    k = _per_row(top_k, B, logits, torch.long).squeeze(1)
-    k = torch.where((k <= 0) | (k > V), torch.full_like(k, V), k)
-    p = _per_row(top_p, B, logits).squeeze(1)
-    use_p = p < 1.0
-    if not bool(use_p.any()):
-        if bool((k >= V).all()):
-            return logits
-        kth = logits.topk(int(k.max()), dim=-1).values.gather(1, (k - 1).unsqueeze(1))  # (B, 1)
-        return logits.masked_fill(logits < kth, float("-inf"))
-    kmax = int(k.max())
-    values, indices = logits.topk(kmax, dim=-1)  # (B, kmax), sorted descending; one sort serves both filters
-    values = values.masked_fill(torch.arange(kmax, device=logits.device) >= k.unsqueeze(1), float("-inf"))
-    probs = values.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs
-    values = values.masked_fill(use_p.unsqueeze(1) & (mass_before >= p.unsqueeze(1)), float("-inf"))
-    return torch.full_like(logits, float("-inf")).scatter(1, indices, values)
-
-
-def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None
-                      ) -> torch.Tensor:
-    """One token per row of (B, V) probabilities -> (B,). A list of generators gives every row its own random stream:
-    one uniform per row, inverted through the row's CDF, so a row's draw never depends on the rest of the batch."""
-    if not isinstance(generator, (list, tuple)):
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    u = torch.stack([torch.rand((), generator=g, device=probs.device) for g in generator])
-    cdf = probs.float().cumsum(dim=-1)
-    # right=True: the first index whose CDF exceeds u·total, which is never a zero-probability token
-    return torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1).clamp(max=probs.shape[1] - 1)
-
-
-def sample_next_token(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0,
-                      generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
-    """Filter (see `filter_logits`) and sample one token per row -> (B,). Rows with temperature 0 take the argmax."""
-    filtered = filter_logits(logits, temperature, top_k, top_p)
-    greedy = _per_row(temperature, logits.shape[0], logits).squeeze(1) == 0
-    if bool(greedy.all()):
-        return filtered.argmax(dim=-1)
-    sampled = sample_from_probs(filtered.float().softmax(dim=-1), generator)
-    return torch.where(greedy, filtered.argmax(dim=-1), sampled)
 
 
 # ------------------------------------------------------------------------------------------- checkpoints

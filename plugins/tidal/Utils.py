@@ -6,6 +6,7 @@ wrong type or a bad `--set` override fails the same way everywhere: one line nam
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import json
 import logging
@@ -74,16 +75,31 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(config: dict, overrides: Iterable[str]) -> dict:
+def apply_overrides(config: dict, overrides: Iterable[str], reference: dict | None = None) -> dict:
+    """Set each `KEY=VALUE`; with a `reference`, a key it does not have is refused (a typo must not train silently
+    with the default while the run's saved config carries the typo)."""
     for text in overrides:
         keys, value = parse_override(text)
-        node = config
-        for k in keys[:-1]:
+        node, ref = config, reference
+        for depth, k in enumerate(keys):
+            if ref is not None and k not in ref:
+                raise ConfigError(f"--set {text}: {_unknown_key(keys[:depth + 1], ref)}")
+            ref = ref.get(k) if isinstance(ref, dict) else None
+            if depth == len(keys) - 1:
+                break
             if not isinstance(node.get(k), dict):
                 raise ConfigError(f"--set {text}: {k} is not a section of the config")
             node = node[k]
         node[keys[-1]] = value
     return config
+
+
+def _unknown_key(path: list[str], known: dict) -> str:
+    """`unknown key A.B; did you mean A.C?`, naming the closest key the reference has at that level."""
+    *parents, key = path
+    closest = difflib.get_close_matches(key, [str(k) for k in known], n=1, cutoff=0.0)
+    hint = f"; did you mean {'.'.join([*parents, closest[0]])}?" if closest else ""
+    return f"unknown key {'.'.join(path)}{hint}"
 
 
 def _type_name(value: Any) -> str:
@@ -102,7 +118,12 @@ def _compatible(reference: Any, value: Any) -> bool:
 
 
 def validate_against(config: dict, reference: dict, source: str, prefix: str = "") -> None:
-    """Every key of the reference config must be present with a value of the same type (ints pass as floats)."""
+    """Every key of the reference config must be present with a value of the same type (ints pass as floats), and
+    no other key (see `apply_overrides` for why)."""
+    parents = prefix.rstrip(".").split(".") if prefix else []
+    for key in config:
+        if key not in reference:
+            raise ConfigError(f"{source}: {_unknown_key([*parents, str(key)], reference)}")
     for key, ref_value in reference.items():
         name = f"{prefix}{key}"
         if key not in config:
@@ -119,9 +140,11 @@ def validate_against(config: dict, reference: dict, source: str, prefix: str = "
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = (),
                 reference_path: str | os.PathLike | None = BASE_CONFIG_PATH) -> dict:
     """Read a YAML config, apply `--set` overrides and check it against the shipped reference config's keys/types."""
-    config = apply_overrides(read_yaml(path), overrides)
-    if reference_path is not None:
-        validate_against(config, read_yaml(reference_path), str(path))
+    config = read_yaml(path)
+    if reference_path is None:
+        return apply_overrides(config, overrides)
+    reference = read_yaml(reference_path)
+    validate_against(apply_overrides(config, overrides, reference), reference, str(path))
     return config
 
 

@@ -1,10 +1,12 @@
-"""Train the RL gating controller (phase 2) on a frozen TransformerLM, then run the ablation.
+"""Train the RL gating controller (phase 2) on a frozen TransformerLM, then run the held-out decoding study.
 
     python3 plugins/tidal/train_rl.py --config plugins/tidal/configs/base_config.yaml \\
         --rl-config plugins/tidal/configs/rl_config.yaml --checkpoint experiments/<id>/transformer-lm_v1.0.0.pth \\
         [--timesteps N] [--resume RL_CKPT] [--ablation] [--experiment-dir DIR] [--set KEY=VALUE ...]
 
-`--ablation` alone (with --resume pointing at a trained RL checkpoint) skips training and runs the ablation only.
+Order: prompt sets and judges, the dev sweep of every fixed decoder family (it picks the residual action space's
+base), PPO for each of RL_SEEDS, then the study on the test prompts (Ablation.py, ADR 0015). `--ablation` with
+--resume pointing at a trained RL checkpoint skips training and adds the study to that checkpoint's run.
 SIGTERM or Ctrl-C saves `rl_checkpoint_interrupted.pth` and exits 143; SIGUSR1 finishes the current iteration and
 completes normally.
 """
@@ -27,13 +29,15 @@ import torch
 
 from experiment_utils import create_experiment_dir, resolve_device
 from MetricsLogger import MetricsLogger
-from plugins.tidal.DataPipeline import TokenDataset, load_prompt_starts
+from plugins.tidal.DataPipeline import get_tokenizer
 from plugins.tidal.GatingEnvironment import GatingEnvironment, freeze_lm_except_gates
-from plugins.tidal.GatingModulator import GatingModulator
+from plugins.tidal.GatingModulator import make_action_space
 from plugins.tidal.GatingPolicyAgent import create_agent
-from plugins.tidal.RewardComputer import RewardComputer
+from plugins.tidal.Judges import build_judge
+from plugins.tidal.RewardComputer import RewardComputer, content_token_mask
 from plugins.tidal.RLTrainer import PPOTrainer
-from plugins.tidal.TransformerLM import load_pretrained
+from plugins.tidal.StudyData import build_prompt_sets
+from plugins.tidal.TransformerLM import load_pretrained, read_checkpoint
 from plugins.tidal.Utils import RL_CONFIG_PATH, TidalError, cli_main, load_config, resolve_project_path, setup_logger
 
 EXIT_STOPPED = 128 + signal.SIGTERM
@@ -56,30 +60,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def bigram_statistics(lm_config: dict, rl_config: dict, vocab_size: int):
-    """Coherence statistics from the training split's token cache (capped at RL_BIGRAM_STORIES-worth of tokens)."""
-    tokens = TokenDataset(lm_config, "train").tokens
-    limit = rl_config["RL_BIGRAM_STORIES"] * 250  # ~250 tokens per story is generous for TinyStories-like text
-    return RewardComputer.bigram_statistics_from_tokens(tokens[:limit], vocab_size)
-
-
-def prompts(lm_config: dict, rl_config: dict) -> tuple[list[list[int]], list[list[int]]]:
-    """(training prompts, held-out ablation prompts): disjoint draws of validation-story starts."""
-    n_train, n_eval = rl_config["RL_NUM_PROMPTS"], rl_config["RL_ABLATION_NUM_PROMPTS"]
-    starts = load_prompt_starts(lm_config, "validation", n_train + n_eval, rl_config["RL_PROMPT_MIN_LENGTH"],
-                                rl_config["RL_PROMPT_MAX_LENGTH"], seed=rl_config["RL_SEED"])
-    return starts[:n_train], starts[n_train:]
-
-
 def prepare_dir(args, lm_config_path: Path, rl_config_path: Path, lm_config: dict, rl_config: dict) -> Path:
+    """The experiment directory: --experiment-dir, else the run a --resume checkpoint belongs to (so a study added
+    later lands beside its charts), else a new experiments/<id>/."""
     configs = {"base_config.yaml": lm_config, "rl_config.yaml": rl_config}
-    if args.experiment_dir:
-        exp_dir = resolve_project_path(args.experiment_dir)
+    if args.experiment_dir or args.resume:
+        exp_dir = resolve_project_path(args.experiment_dir) if args.experiment_dir else \
+            resolve_project_path(args.resume).parent
         exp_dir.mkdir(parents=True, exist_ok=True)
         return exp_dir
     checkpoint = resolve_project_path(args.checkpoint)
     return create_experiment_dir("rl", lm_config_path, configs, rl_config_path=rl_config_path,
                                  source_experiment=checkpoint.parent.name, source_checkpoint=str(checkpoint))
+
+
+def train_seed(seed: int, model, action_space, reward_computer, prompts, rl_config: dict, device, exp_dir: Path,
+               metrics, gate_params, timesteps: int | None, resume: str | None, extra_state: dict) -> PPOTrainer:
+    """One PPO run from RL seed `seed` (its own env streams, agent init and minibatch order)."""
+    torch.manual_seed(seed)
+    env = GatingEnvironment(model, action_space, reward_computer, prompts, rl_config, device=device, seed=seed,
+                            gate_training=bool(gate_params))
+    agent = create_agent(rl_config).to(device)
+    trainer = PPOTrainer(agent, env, rl_config, exp_dir, device, metrics, gate_params, extra_state=extra_state)
+    if resume:
+        trainer.load_checkpoint(resolve_project_path(resume))
+    for sig, kind in ((signal.SIGTERM, "terminate"), (signal.SIGINT, "terminate"), (signal.SIGUSR1, "complete")):
+        signal.signal(sig, lambda *_, kind=kind: trainer.request_stop(kind))
+    if timesteps != 0:
+        trainer.train(timesteps)
+    return trainer
 
 
 @cli_main
@@ -90,44 +99,11 @@ def main(argv=None) -> int:
     rl_config = load_config(rl_config_path, args.set, reference_path=RL_CONFIG_PATH)
     device = resolve_device(lm_config["DEVICE"])
     model = load_pretrained(lm_config, resolve_project_path(args.checkpoint), device)
-    torch.manual_seed(rl_config["RL_SEED"])
     exp_dir = prepare_dir(args, lm_config_path, rl_config_path, lm_config, rl_config)
     logger = setup_logger("tidal.rl", exp_dir / "rl_training.log")
-    train_prompts, eval_prompts = prompts(lm_config, rl_config)
-    reward_computer = RewardComputer(rl_config, lm_config["VOCAB_SIZE"], bigram_statistics(lm_config, rl_config,
-                                                                                            lm_config["VOCAB_SIZE"]))
-    gate_params = freeze_lm_except_gates(model) if rl_config["RL_UNFREEZE_DYNAMIC_GATES"] else None
-    env = GatingEnvironment(model, GatingModulator(rl_config), reward_computer, train_prompts, rl_config,
-                            device=device, seed=rl_config["RL_SEED"], gate_training=bool(gate_params))
-    agent = create_agent(rl_config).to(device)
     metrics = MetricsLogger(exp_dir)
-    trainer = PPOTrainer(agent, env, rl_config, exp_dir, device, metrics, gate_params)
-    if args.resume:
-        trainer.load_checkpoint(resolve_project_path(args.resume))
-    train = not (args.ablation and args.resume and args.timesteps is None)
-    signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop("terminate"))
-    signal.signal(signal.SIGINT, lambda *_: trainer.request_stop("terminate"))
-    signal.signal(signal.SIGUSR1, lambda *_: trainer.request_stop("complete"))
     try:
-        if train:
-            metrics.set_status("training", phase="rl")
-            trainer.train(args.timesteps)
-            if trainer.stop_requested == "terminate":
-                path = trainer.save_checkpoint(exp_dir / "rl_checkpoint_interrupted.pth")
-                metrics.finalize("stopped")
-                print(f"stopped; resume with --resume {path}", file=sys.stderr)
-                return EXIT_STOPPED
-            trainer.save_checkpoint(exp_dir / "rl_checkpoint_final.pth")
-            logger.info("RL training finished: %d timesteps, checkpoint %s", trainer.global_step,
-                        exp_dir / "rl_checkpoint_final.pth")
-        from plugins.tidal.Ablation import format_ablation_table, run_ablation_study
-
-        results = run_ablation_study(model.eval(), eval_prompts, rl_config, reward_computer, agent=agent,
-                                     experiment_dir=exp_dir, device=device)
-        print(format_ablation_table(results))
-        metrics.finalize("completed")
-        print(f"\nexperiment: {exp_dir}")
-        return 0
+        return run(args, lm_config, rl_config, model, device, exp_dir, logger, metrics)
     except TidalError as exc:
         metrics.finalize("failed", error=str(exc))
         raise
@@ -136,6 +112,68 @@ def main(argv=None) -> int:
         logger.exception("RL training failed")
         raise TidalError(f"RL training failed: {type(exc).__name__}: {exc} (traceback in "
                          f"{exp_dir / 'rl_training.log'})") from None
+
+
+def run(args, lm_config, rl_config, model, device, exp_dir: Path, logger, metrics) -> int:
+    """Prompts and judges, the dev sweep (which picks the residual base), the oracle check, PPO per RL seed, the
+    held-out study."""
+    from plugins.tidal.Ablation import Player, format_study_table, residual_base, run_study, tune_on_dev
+
+    sets = build_prompt_sets(lm_config, {"train": rl_config["RL_NUM_PROMPTS"], "dev": rl_config["RL_DEV_PROMPTS"],
+                                         "test": rl_config["RL_ABLATION_NUM_PROMPTS"]},
+                             rl_config["RL_PROMPT_MIN_LENGTH"], rl_config["RL_PROMPT_MAX_LENGTH"],
+                             rl_config["RL_MAX_EPISODE_LENGTH"], seed=rl_config["RL_SEED"])
+    judges = {role: build_judge(lm_config, role, rl_config["RL_JUDGE_STORIES"], rl_config["RL_JUDGE_ORDER"])
+              for role in ("train", "eval")}
+    reward_computer = RewardComputer(rl_config, judges["train"], content_token_mask(get_tokenizer(),
+                                                                                   lm_config["VOCAB_SIZE"]))
+    if rl_config["RL_CONSTRAINT_MODE"] == "lagrangian":
+        reward_computer.set_lagrangian_mode()
+    resumed = read_checkpoint(resolve_project_path(args.resume)) if args.resume else None
+    train = not (args.ablation and args.resume and args.timesteps is None)
+    metrics.set_status("training", phase="rl")
+
+    fixed = Player(model, None, reward_computer, rl_config, device)
+    dev = tune_on_dev(fixed, sets["dev"], judges["eval"], rl_config)
+    base = (resumed or {}).get("action_base") or residual_base(dev["families"])
+    action_space = make_action_space(rl_config, base if rl_config["RL_ACTION_MODE"] == "residual" else None)
+    player = Player(model, action_space, reward_computer, rl_config, device)
+    constants = tune_on_dev(player, sets["dev"], judges["eval"], rl_config, families=("constant_action",),
+                            ce_bits=dev["ce_bits"])
+    dev["families"].update(constants["families"])
+    dev["factories"].update(constants["factories"])
+    logger.info("dev sweep done; residual base decoder %s", base)
+
+    gate_params = freeze_lm_except_gates(model) if rl_config["RL_UNFREEZE_DYNAMIC_GATES"] else None
+    extra_state = {"action_base": base if rl_config["RL_ACTION_MODE"] == "residual" else None,
+                   "lm_checkpoint": str(resolve_project_path(args.checkpoint))}
+    agents, lam = [], 0.0
+    seeds = [int(s) for s in rl_config["RL_SEEDS"]]
+    for i, seed in enumerate(seeds):
+        seed_dir = exp_dir if i == 0 else exp_dir / f"seed_{seed}"
+        trainer = train_seed(seed, model, action_space, reward_computer, sets["train"].prompts, rl_config, device,
+                             seed_dir, metrics if i == 0 else None, gate_params,
+                             args.timesteps if train else 0, args.resume if i == 0 else None, extra_state)
+        if trainer.stop_requested == "terminate":
+            path = trainer.save_checkpoint(seed_dir / "rl_checkpoint_interrupted.pth")
+            metrics.finalize("stopped")
+            print(f"stopped; resume with --resume {path}", file=sys.stderr)
+            return EXIT_STOPPED
+        if train:
+            trainer.save_checkpoint(seed_dir / "rl_checkpoint_final.pth")
+            logger.info("RL seed %d finished: %d timesteps", seed, trainer.global_step)
+        agents.append((f"learned (RL seed {seed})", trainer.agent.eval()))
+        if trainer.lagrange is not None:
+            lam = trainer.lagrange.value
+        if not train:
+            break  # --ablation on a checkpoint: the one agent it holds
+    results = run_study(player, sets, judges["eval"], rl_config, dev, agents, oracle_lambda=lam,
+                        protocol=rl_config["RL_STUDY_PROTOCOL"], experiment_dir=exp_dir,
+                        judge_provenance={r: j.provenance for r, j in judges.items()})
+    print(format_study_table(results))
+    metrics.finalize("completed")
+    print(f"\nexperiment: {exp_dir}")
+    return 0
 
 
 if __name__ == "__main__":

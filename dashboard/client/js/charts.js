@@ -36,12 +36,12 @@ const tickValues = (u, ticks) => ticks.map((v) => (Math.abs(v) >= 1e4 ? compact.
  * The uPlot instance is rebuilt only when the set of series (or the scale type) changes; otherwise setData.
  */
 export class Chart {
-  constructor({ key, title, xLabel = "step", height = 220, sync = "tidal", testid = "chart", y2Label = "" }) {
-    Object.assign(this, { key, title, xLabel, height, sync, y2Label, u: null, signature: "", table: null });
+  constructor({ key, title, xLabel = "step", height = 220, sync = "tidal", testid = "chart", y2Label = "", actions = [] }) {
+    Object.assign(this, { key, title, xLabel, height, sync, y2Label, u: null, signature: "", table: null, xTime: false });
     this.plot = h("div", { class: "chart-plot" });
     this.empty = h("div", { class: "chart-empty muted", hidden: true }, "No data yet");
     this.el = h("section", { class: "card chart", "data-testid": testid, "data-key": key },
-      h("header", { class: "chart-head" }, h("h3", {}, title), h("div", { class: "chart-actions" },
+      h("header", { class: "chart-head" }, h("h3", {}, title), h("div", { class: "chart-actions" }, actions,
         h("button", { class: "btn ghost small", type: "button", "data-action": "csv", title: "Download the plotted series as CSV", onclick: () => this.exportCsv() }, "CSV"),
         h("button", { class: "btn ghost small", type: "button", "data-action": "png", title: "Download the chart as PNG", onclick: () => this.exportPng() }, "PNG"))),
       this.plot, this.empty);
@@ -52,7 +52,12 @@ export class Chart {
 
   width() { return Math.max(200, Math.floor(this.plot.clientWidth || this.el.clientWidth || 600)); }
 
-  render({ series, log = false }) {
+  /** xLabel/xTime (optional) switch the x axis, e.g. to wall-clock time (epoch seconds drawn as dates). */
+  render({ series, log = false, xLabel = this.xLabel, xTime = false }) {
+    this.xLabel = xLabel;
+    this.xTime = xTime;
+    this.el.dataset.log = String(log);
+    this.el.dataset.xLabel = xLabel;
     const shown = series.filter((s) => s.x.length);
     const primary = series.find((s) => s.primary) || series[0];
     this.el.dataset.points = String(primary ? primary.x.length : 0);
@@ -61,7 +66,7 @@ export class Chart {
     this.table = { labels: shown.map((s) => s.label), data: shown.length ? uPlot.join(shown.map((s) => [s.x, s.y])) : [[]] };
     // a log axis cannot show values <= 0: hide them instead of breaking the scale
     const data = log ? this.table.data.map((col, i) => (i === 0 ? col : col.map((v) => (v > 0 ? v : null)))) : this.table.data;
-    const signature = JSON.stringify([shown.map((s) => [s.label, s.color, s.scale, s.faint, s.dash]), log]);
+    const signature = JSON.stringify([shown.map((s) => [s.label, s.color, s.scale, s.faint, s.dash]), log, xLabel, xTime]);
     if (signature !== this.signature || !this.u) {
       this.u?.destroy();
       this.signature = signature;
@@ -78,13 +83,13 @@ export class Chart {
       width: this.width(), height: this.height,
       cursor: { sync: { key: this.sync, setSeries: false }, drag: { x: true, y: false } },
       legend: { live: true },
-      scales: { x: { time: false }, y: yScale, ...(hasY2 ? { y2: yScale } : {}) },
+      scales: { x: { time: this.xTime }, y: yScale, ...(hasY2 ? { y2: yScale } : {}) },
       axes: [
         { ...axis, label: this.xLabel, labelSize: 18, labelFont: "11px system-ui, sans-serif" },
         { ...axis, size: 56, values: tickValues },
         ...(hasY2 ? [{ ...axis, scale: "y2", side: 1, size: 56, grid: { show: false }, label: this.y2Label, labelSize: this.y2Label ? 18 : 0, values: tickValues }] : []),
       ],
-      series: [{ label: this.xLabel, value: (u, v) => fmtNum(v) }, ...series.map((s) => ({
+      series: [{ label: this.xLabel, value: (u, v) => (this.xTime && v !== null ? new Date(v * 1000).toLocaleString() : fmtNum(v)) }, ...series.map((s) => ({
         label: s.label, scale: s.scale || "y", spanGaps: true, dash: s.dash,
         stroke: s.faint ? alpha(s.color, 0.35) : s.color, width: s.faint ? 1 : 1.75,
         points: s.faint ? { show: false } : { size: 5, fill: s.color },

@@ -11,9 +11,10 @@ import { renderExperiment } from "./views/experiment.js";
 import { renderGenerate } from "./views/generate.js";
 import { renderJobs } from "./views/jobs.js";
 import { renderOverview } from "./views/overview.js";
+import { renderRuns } from "./views/runs.js";
 import { initSidebar } from "./views/sidebar.js";
 
-const VIEWS = { exp: renderExperiment, jobs: renderJobs, generate: renderGenerate, overview: renderOverview };
+const VIEWS = { exp: renderExperiment, jobs: renderJobs, generate: renderGenerate, runs: renderRuns, overview: renderOverview };
 let current = null;
 
 /** "#/exp/<id>?tab=ablation" → {name: "exp", id, params}. */
@@ -22,7 +23,7 @@ function parseRoute() {
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   const params = new URLSearchParams(query);
   if (parts[0] === "exp" && parts[1]) return { name: "exp", id: parts[1], params };
-  if (parts[0] === "jobs" || parts[0] === "generate") return { name: parts[0], params };
+  if (parts[0] === "jobs" || parts[0] === "generate" || parts[0] === "runs") return { name: parts[0], params };
   return { name: "overview", params };
 }
 

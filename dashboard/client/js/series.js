@@ -1,5 +1,6 @@
-// Metric series kept per key as parallel x/y arrays, filled from a (downsampled) history and extended by live
-// SSE records; plus TensorBoard's debiased EMA smoothing.
+// Metric series kept per key as parallel x/y arrays (plus t, each point's wall-clock timestamp, so a chart can
+// switch its x axis to time), filled from a (downsampled) history and extended by live SSE records; plus
+// TensorBoard's debiased EMA smoothing.
 
 const SKIP = new Set(["timestamp", "step", "global_step"]);
 
@@ -25,16 +26,19 @@ export class SeriesStore {
     for (const [k, v] of Object.entries(record)) {
       if (SKIP.has(k) || typeof v !== "number" || !Number.isFinite(v)) continue;
       let s = this.map.get(k);
-      if (!s) this.map.set(k, (s = { x: [], y: [] }));
+      if (!s) this.map.set(k, (s = { x: [], y: [], t: [] }));
       if (s.x.length && x <= s.x[s.x.length - 1]) continue;
       s.x.push(x);
       s.y.push(v);
+      s.t.push(typeof record.timestamp === "number" ? record.timestamp : null);
       added = true;
     }
     return added;
   }
 
-  get(key) { return this.map.get(key) || { x: [], y: [] }; }
+  get(key) { return this.map.get(key) || { x: [], y: [], t: [] }; }
+  /** The earliest timestamp of any series: "relative time" counts from it. */
+  firstTime() { let m = null; for (const s of this.map.values()) if (s.t[0] !== null && s.t[0] !== undefined) m = m === null ? s.t[0] : Math.min(m, s.t[0]); return m; }
   has(key) { return this.map.has(key); }
   last(key) { const s = this.map.get(key); return s ? s.y[s.y.length - 1] : undefined; }
   lastX() { let m; for (const s of this.map.values()) m = Math.max(m ?? -Infinity, s.x[s.x.length - 1]); return m; }

@@ -9,6 +9,8 @@ export const state = {
   compare: new Set(), // experiment ids overlaid on the charts
   smoothing: 0.6,
   logScale: false,
+  chartLog: {}, // per-chart log-scale choices (a chart key -> bool), over each chart's default
+  xAxis: "step", // "step" | "wall" (wall-clock time) | "relative" (seconds since the run's first record)
 };
 
 const listeners = new Map();

@@ -6,10 +6,12 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
-from ..deps import get_services
+from ..deps import get_services, require_auth
 from ..errors import FieldError
-from ..models import (CheckpointsResponse, ConfigFilesResponse, ErrorResponse, ExperimentsResponse, MetricsResponse, ResultsResponse,
-                      RLMetricsResponse, StatusResponse)
+from ..models import (CheckpointsResponse, ConfigDiffResponse, ConfigFilesResponse, ErrorResponse,
+                      ExperimentInfoRequest, ExperimentResponse, ExperimentsResponse, MetricsResponse,
+                      ResultsResponse, RLMetricsResponse, RunsTableResponse, StatusResponse)
+from ..services.paths import check_experiment_id
 
 router = APIRouter(prefix="/api/experiments", tags=["experiments"],
                    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
@@ -20,11 +22,33 @@ async def list_experiments(services=Depends(get_services)):
     return {"experiments": await services.experiments.list()}
 
 
+@router.get("/table", response_model=RunsTableResponse,
+            summary="Every run with its effective hyperparameters (config with overrides) and final metrics")
+async def runs_table(services=Depends(get_services)):
+    return await services.experiments.table()
+
+
+@router.patch("/{experiment_id}", response_model=ExperimentResponse, dependencies=[Depends(require_auth)],
+              summary="Set a run's name, tags and notes (kept in its metadata.json)",
+              responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+async def annotate(experiment_id: str, body: ExperimentInfoRequest, services=Depends(get_services)):
+    changes = body.model_dump(exclude_unset=True)
+    return {"experiment": await services.experiments.annotate(check_experiment_id(experiment_id), changes)}
+
+
+@router.get("/{experiment_id}/config-diff", response_model=ConfigDiffResponse,
+            summary="The effective config keys that differ between this run and `other`")
+async def config_diff(experiment_id: str, other: str = Query(..., max_length=128, description="the other run's id"),
+                      services=Depends(get_services)):
+    return await services.experiments.config_diff(experiment_id, check_experiment_id(other))
+
+
 @router.get("/{experiment_id}/metrics", response_model=MetricsResponse,
             summary="Metric history; each series bounded to maxPoints (min/max per bucket, last point kept)")
 async def metrics(experiment_id: str, services=Depends(get_services),
                   mode: Literal["recent", "historical"] = "historical",
-                  series: Literal["lm", "rl"] = Query("lm", description="the LM history or the RL one"),
+                  series: Literal["lm", "rl", "system"] = Query(
+                      "lm", description="the LM history, the RL one, or the run's system samples (CPU, memory, GPU)"),
                   window: int = Query(1000, ge=1, le=1_000_000),
                   maxPoints: int = Query(1000, ge=10, le=20_000),
                   keys: str | None = Query(None, max_length=2000,

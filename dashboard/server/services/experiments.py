@@ -12,11 +12,14 @@ from collections import OrderedDict
 from pathlib import Path
 
 import anyio
+import yaml
 from redis.exceptions import RedisError
 
 from ..errors import NotFound
-from experiment_utils import is_valid_experiment_id, read_experiment_metadata
-from .metrics_reader import JsonlTail, downsample, series_keys
+from experiment_utils import METADATA_FILE, is_valid_experiment_id, read_experiment_metadata
+from MetricsLogger import SYSTEM_FILE
+from plugins.tidal.Utils import atomic_write_json
+from .metrics_reader import JsonlTail, LastValues, downsample, series_keys
 from .paths import check_experiment_id
 
 
@@ -27,7 +30,70 @@ def _read_json(path: Path):
         return None
 
 
+def newer_status(live, disk):
+    """The one rule for which status record counts: the one with the later `timestamp` (MetricsLogger writes the
+    same record to both sides, so a run finished without Redis, e.g. a CLI resume, must not be hidden by the older
+    live record). A tie or a record without a timestamp goes to disk, the record of the run."""
+    def stamp(record):
+        ts = record.get("timestamp") if isinstance(record, dict) else None
+        return ts if isinstance(ts, (int, float)) and not isinstance(ts, bool) else float("-inf")
+
+    if not isinstance(live, dict):
+        return disk
+    if not isinstance(disk, dict):
+        return live
+    return live if stamp(live) > stamp(disk) else disk
+
+
 CONFIG_MAX_BYTES = 256 * 1024
+LOG_TAIL_LINES = 40
+LOG_TAIL_BYTES = 16 * 1024
+
+
+def _log_tail(exp_dir: Path) -> str | None:
+    """The last LOG_TAIL_LINES lines of the run's newest `*.log` file (the trainer's own log: training.log,
+    rl_training.log), read from at most its last LOG_TAIL_BYTES."""
+    try:
+        logs = [e for e in os.scandir(exp_dir) if e.name.endswith(".log") and e.is_file(follow_symlinks=False)]
+        if not logs:
+            return None
+        newest = max(logs, key=lambda e: e.stat().st_mtime)
+        with open(newest.path, "rb") as f:
+            start = f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    return "\n".join(lines[1 if start else 0:][-LOG_TAIL_LINES:])  # a read from mid-file starts mid-line
+ANNOTATIONS = ("name", "tags", "notes")
+
+
+def _annotations(meta: dict) -> dict:
+    """name, tags and notes as the API shows them; metadata.json is a user-editable file, so wrong types are dropped."""
+    name, tags, notes = meta.get("name"), meta.get("tags"), meta.get("notes")
+    return {"name": name if isinstance(name, str) else None,
+            "tags": [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else [],
+            "notes": notes if isinstance(notes, str) else None}
+
+
+def _config_entries(exp_dir: Path) -> list[os.DirEntry]:
+    """The YAML configs saved with a run: regular files directly inside its directory (no symlinks), by name."""
+    try:
+        entries = sorted(os.scandir(exp_dir), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [e for e in entries if e.name.endswith((".yaml", ".yml")) and e.is_file(follow_symlinks=False)]
+
+
+def flatten(config, prefix: str = "") -> dict:
+    """{"A": {"B": 1}} -> {"A.B": 1}: a config as table columns and diff rows (lists stay values)."""
+    out = {}
+    for key, value in (config or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
 
 
 class ExperimentService:
@@ -37,6 +103,8 @@ class ExperimentService:
         self.redis = redis
         self.root = settings.experiments_dir
         self.tail = JsonlTail()
+        self.last_values = LastValues()
+        self._metadata_lock = asyncio.Lock()  # read-modify-write of metadata.json by concurrent PATCHes
         self._responses: OrderedDict[tuple, bytes] = OrderedDict()
         self._computing: dict[tuple, asyncio.Future] = {}
 
@@ -100,7 +168,7 @@ class ExperimentService:
         path = self.root / exp_id
         metrics = self.manifest.metrics
         meta = read_experiment_metadata(path) if path.is_dir() else None
-        status = redis_status or _read_json(self._lm_file(path, metrics.lm.statusFile))
+        status = newer_status(redis_status, _read_json(self._lm_file(path, metrics.lm.statusFile)))
         names = []
         try:
             names = os.listdir(path)
@@ -133,6 +201,10 @@ class ExperimentService:
             "hasAblation": (path / metrics.ablationFile).exists(),
             "checkpoints": checkpoints,
             "onDisk": path.is_dir(),
+            **_annotations(meta or {}),
+            "error": status.get("error") if isinstance(status, dict) and isinstance(status.get("error"), str) else None,
+            # read only for failed runs: the list is polled, and a failed run's page is where the log is wanted
+            "logTail": _log_tail(path) if status_name == "failed" else None,
         }
 
     # ---- metrics
@@ -141,7 +213,8 @@ class ExperimentService:
         """The JSON body of GET /metrics (pre-encoded and cached per file version: charts poll this).
         `series` picks the LM history (`metrics` records) or the RL one (`rl-metrics` records)."""
         exp_dir = await self.require(exp_id)
-        history = (self.manifest.metrics.lm if series == "lm" else self.manifest.metrics.rl).historyFile
+        history = {"lm": self.manifest.metrics.lm.historyFile, "rl": self.manifest.metrics.rl.historyFile,
+                   "system": SYSTEM_FILE}[series]
         path = self._lm_file(exp_dir, history)
         if path.is_file():
             if self.tail.needs_read(path):
@@ -150,8 +223,10 @@ class ExperimentService:
                 records, version = self.tail.read(path)
             source = "disk"
         else:
-            kind = "metrics" if series == "lm" else "rl-metrics"
-            records, version, source = await self._redis_metrics(exp_id, kind), None, "redis"
+            # system samples stay on disk (they are not in the live stream)
+            kind = {"lm": "metrics", "rl": "rl-metrics"}.get(series)
+            records = await self._redis_metrics(exp_id, kind) if kind else []
+            version, source = None, "redis"
         cache_key = (str(path), version, mode, window, max_points, tuple(keys) if keys else None)
         if version is not None and cache_key in self._responses:
             self._responses.move_to_end(cache_key)
@@ -208,7 +283,7 @@ class ExperimentService:
     async def status(self, exp_id: str) -> dict | None:
         exp_dir = await self.require(exp_id)
         live = await self._redis_json(self.manifest.redis.status(exp_id))
-        return live if live is not None else _read_json(self._lm_file(exp_dir, self.manifest.metrics.lm.statusFile))
+        return newer_status(live, _read_json(self._lm_file(exp_dir, self.manifest.metrics.lm.statusFile)))
 
     async def rl_metrics(self, exp_id: str):
         exp_dir = await self.require(exp_id)
@@ -252,13 +327,7 @@ class ExperimentService:
 
         def scan():
             out = []
-            try:
-                entries = sorted(os.scandir(exp_dir), key=lambda e: e.name)
-            except OSError:
-                return out
-            for entry in entries:
-                if not entry.name.endswith((".yaml", ".yml")) or not entry.is_file(follow_symlinks=False):
-                    continue
+            for entry in _config_entries(exp_dir):
                 with open(entry.path, "rb") as f:
                     raw = f.read(CONFIG_MAX_BYTES + 1)
                 text = raw[:CONFIG_MAX_BYTES].decode("utf-8", errors="replace")
@@ -282,3 +351,74 @@ class ExperimentService:
     async def ablation(self, exp_id: str):
         exp_dir = await self.require(exp_id)
         return _read_json(exp_dir / self.manifest.metrics.ablationFile)
+
+    # ---- annotations, the runs table, config diffs
+    async def annotate(self, exp_id: str, changes: dict) -> dict:
+        """Set the run's name/tags/notes in metadata.json (atomically; other keys kept) and return its summary.
+        `changes` holds only the fields the client sent; None clears one."""
+        exp_dir = self.dir_of(exp_id)
+        if not exp_dir.is_dir():
+            raise NotFound(f"experiment not found on disk: {exp_id}")
+        if "tags" in changes and changes["tags"] is not None:
+            changes["tags"] = list(dict.fromkeys(changes["tags"]))  # duplicates dropped, order kept
+        if changes.get("name") == "":
+            changes["name"] = None
+
+        def write():
+            meta = read_experiment_metadata(exp_dir)
+            meta.update({k: v for k, v in changes.items() if k in ANNOTATIONS})
+            atomic_write_json(exp_dir / METADATA_FILE, meta)
+
+        async with self._metadata_lock:
+            await anyio.to_thread.run_sync(write)
+        status = await self._redis_json(self.manifest.redis.status(exp_id))
+        return await anyio.to_thread.run_sync(self._summary, exp_id, status)
+
+    def _effective_params(self, exp_dir: Path) -> dict:
+        """The run's saved YAML configs (config.yaml, or base_config.yaml + rl_config.yaml), flattened and merged."""
+        params: dict = {}
+        for entry in _config_entries(exp_dir):
+            if entry.stat().st_size > CONFIG_MAX_BYTES:
+                continue
+            try:
+                config = yaml.safe_load(Path(entry.path).read_text(encoding="utf-8"))
+            except (OSError, ValueError, yaml.YAMLError):
+                continue
+            if isinstance(config, dict):
+                params.update(flatten(config))
+        return params
+
+    async def table(self) -> dict:
+        """Every run with its effective hyperparameters and the last value of each of its metric series."""
+        summaries = await self.list()
+        metrics = self.manifest.metrics
+
+        def rows():
+            out = []
+            for summary in summaries:
+                exp_dir = self.root / summary["id"]
+                history = metrics.rl.historyFile if summary["type"] == "rl" else metrics.lm.historyFile
+                out.append({"id": summary["id"], "type": summary["type"], "name": summary["name"],
+                            "tags": summary["tags"], "status": summary["status"], "createdAt": summary["createdAt"],
+                            "params": self._effective_params(exp_dir),
+                            "final": self.last_values.read(self._lm_file(exp_dir, history))})
+            return out
+
+        runs = await anyio.to_thread.run_sync(rows)
+        return {"runs": runs,
+                "paramKeys": sorted({k for r in runs for k in r["params"]}),
+                "metricKeys": sorted({k for r in runs for k in r["final"]})}
+
+    async def config_diff(self, exp_id: str, other_id: str) -> dict:
+        """The keys whose effective values differ between two runs (`a` is exp_id's value, `b` other_id's)."""
+        a_dir = await self.require(exp_id)
+        b_dir = await self.require(other_id)
+        a, b = await anyio.to_thread.run_sync(lambda: (self._effective_params(a_dir), self._effective_params(b_dir)))
+        differences, same = [], 0
+        for key in sorted(a.keys() | b.keys()):
+            if key in a and key in b and a[key] == b[key]:
+                same += 1
+                continue
+            change = "changed" if key in a and key in b else "removed" if key in a else "added"
+            differences.append({"key": key, "a": a.get(key), "b": b.get(key), "change": change})
+        return {"experimentId": exp_id, "other": other_id, "differences": differences, "same": same}

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 
 from ..errors import BadRequest, DomainError, FieldError, Unavailable
-from .paths import resolve_config_path, resolve_experiment_path
+from .paths import display_path, resolve_config_path, resolve_experiment_path
 
 log = logging.getLogger("tidal.dashboard.generation")
 
@@ -92,12 +92,19 @@ class GenerationService:
         return self.registry.default
 
     # ---- validation (shared by both routes and the inference server)
-    def _checkpoints(self, checkpoint: str, rl_checkpoint: str | None, gating_mode: str):
+    def _checkpoints(self, checkpoint: str | None, rl_checkpoint: str | None, gating_mode: str):
+        """(LM checkpoint, RL checkpoint) confined to the experiments root; the LM is None when learned mode leaves
+        it to the agent (`_agent_lm` finds it, off the event loop)."""
         root = self.settings.experiments_dir
-        ckpt = resolve_experiment_path("checkpoint", checkpoint, experiments_root=root, kind="checkpoint")
-        if self.manifest.is_rl_checkpoint(ckpt.name):
-            raise FieldError("body.checkpoint", "is an RL checkpoint: pass the language model checkpoint here "
-                                                "and the RL one as rlCheckpoint")
+        ckpt = None
+        if checkpoint is None:
+            if gating_mode != "learned":
+                raise FieldError("body.checkpoint", "required (only learned mode defaults to the agent's own LM)")
+        else:
+            ckpt = resolve_experiment_path("checkpoint", checkpoint, experiments_root=root, kind="checkpoint")
+            if self.manifest.is_rl_checkpoint(ckpt.name):
+                raise FieldError("body.checkpoint", "is an RL checkpoint: pass the language model checkpoint here "
+                                                    "and the RL one as rlCheckpoint")
         rl = None
         if rl_checkpoint is not None:
             rl = resolve_experiment_path("rlCheckpoint", rl_checkpoint, experiments_root=root, kind="checkpoint")
@@ -120,13 +127,38 @@ class GenerationService:
                                    plugin_dir=self.registry.default_dir, project_root=self.settings.project_root,
                                    allowed_dirs=self.settings.configs_dirs)
 
+    def _decoder_values(self, req, gating_mode: str) -> tuple[str | None, dict]:
+        """(decoder name, {manifest parameter id: value}) for gating mode none. Gated modes decode with their
+        controller, which sets every sampling parameter per token, so a decoder or parameter there would do nothing:
+        a 422 rather than a silent no-op. So is a parameter the chosen decoder does not take."""
+        g = self.manifest.generation
+        given = {pid: getattr(req, pid) for pid in dict.fromkeys(p for d in g.decoders for p in d.parameters)
+                 if getattr(req, pid, None) is not None}
+        if req.modulation is not None and gating_mode != "fixed":
+            raise FieldError("body.modulation", "applies to gatingMode fixed only")
+        if gating_mode != "none":
+            refused = (["decoder"] if req.decoder is not None else []) + list(given)
+            if refused:
+                raise FieldError(f"body.{refused[0]}", f"gatingMode {gating_mode!r} decodes with its controller, "
+                                                       "which sets the sampling parameters per token; use gatingMode none")
+            return None, {}
+        name = req.decoder or "plain"
+        spec = g.decoder(name)
+        if spec is None:
+            raise FieldError("body.decoder", f"must be one of {', '.join(d.id for d in g.decoders)}")
+        for pid in given:
+            if pid not in spec.parameters:
+                takes = ", ".join(spec.parameters) or "no parameters"
+                raise FieldError(f"body.{pid}", f"does not apply to decoder {name!r} (it takes {takes})")
+        return name, {pid: check_parameter(self.manifest, pid, v, f"body.{pid}") for pid, v in given.items()}
+
     def validate_generate(self, req) -> dict:
         m = self.manifest
+        decoder, values = self._decoder_values(req, req.gatingMode)
         params = {
             "max_tokens": check_parameter(m, "maxTokens", req.maxTokens, "body.maxTokens"),
-            "temperature": check_parameter(m, "temperature", req.temperature, "body.temperature"),
-            "top_k": check_parameter(m, "topK", req.topK, "body.topK"),
-            "top_p": check_parameter(m, "topP", req.topP, "body.topP"),
+            "decoder": decoder,
+            "decoder_values": values,
             "gating_mode": req.gatingMode,
             "modulation": None if req.modulation is None else check_parameter(m, "modulation", req.modulation,
                                                                               "body.modulation"),
@@ -149,14 +181,18 @@ class GenerationService:
         if not limits.samplesPerPrompt.min <= spp <= limits.samplesPerPrompt.max:
             raise FieldError("body.samplesPerPrompt", f"must be between {limits.samplesPerPrompt.min} and "
                                                       f"{limits.samplesPerPrompt.max}")
+        for field in ("temperature", "topK"):  # analysis is always gated: the controller sets them
+            if getattr(req, field) is not None:
+                raise FieldError(f"body.{field}", "trajectory analysis is gated: the controller sets the sampling "
+                                                  "parameters per token")
         params = {
             "max_tokens": check_parameter(m, "maxTokens", req.maxTokens, "body.maxTokens"),
-            "temperature": check_parameter(m, "temperature", req.temperature, "body.temperature"),
-            "top_k": check_parameter(m, "topK", req.topK, "body.topK"),
             "modulation": None if req.modulation is None else check_parameter(m, "modulation", req.modulation,
                                                                               "body.modulation"),
         }
         ckpt, rl = self._checkpoints(req.checkpoint, req.rlCheckpoint, req.gatingMode)
+        if ckpt is None:
+            raise FieldError("body.checkpoint", "required")
         return {"checkpoint": ckpt, "rl_checkpoint": rl, "params": params, "samples": spp}
 
     # ---- execution
@@ -187,14 +223,38 @@ class GenerationService:
     def _handle(self, plan):
         return self.cache.get(self._config_for(plan["checkpoint"]), plan["checkpoint"], plan["rl_checkpoint"])
 
+    def _agent_lm(self, rl: Path) -> Path:
+        """The LM checkpoint the RL checkpoint's agent was trained on, found under this server's experiments root by
+        its experiment and file name (the recorded path may be another machine's, and must not leave the root)."""
+        from plugins.tidal.Generator import agent_lm_checkpoint
+        from plugins.tidal.TransformerLM import read_checkpoint
+
+        named = agent_lm_checkpoint(rl, read_checkpoint(rl))
+        if named is None:
+            raise FieldError("body.checkpoint", "required: the RL checkpoint does not say which LM its agent was "
+                                                "trained on")
+        relative = f"{named.parent.name}/{named.name}"
+        try:
+            return resolve_experiment_path("checkpoint", relative, experiments_root=self.settings.experiments_dir,
+                                           kind="checkpoint")
+        except DomainError:
+            raise FieldError("body.checkpoint", f"required: the agent's own LM ({relative}) is not in the "
+                                                "experiments directory") from None
+
     def _generate_sync(self, req, plan) -> dict:
+        from plugins.tidal.Generator import DECODER_KEYWORDS
+
+        if plan["checkpoint"] is None:
+            plan = {**plan, "checkpoint": self._agent_lm(plan["rl_checkpoint"])}
         handle = self._handle(plan)
         p = plan["params"]
-        result = handle.generate(req.prompt, max_tokens=p["max_tokens"], temperature=p["temperature"],
-                                 top_k=p["top_k"], top_p=p["top_p"], gating_mode=p["gating_mode"],
-                                 modulation=p["modulation"], seed=p["seed"])
-        out = {"text": result["text"], "tokensGenerated": result["tokensGenerated"],
-               "elapsedMs": result["elapsedMs"], "gatingMode": p["gating_mode"]}
+        result = handle.generate(req.prompt, max_tokens=p["max_tokens"], decoder=p["decoder"] or "plain",
+                                 decoder_params={DECODER_KEYWORDS[k]: v for k, v in p["decoder_values"].items()},
+                                 gating_mode=p["gating_mode"], modulation=p["modulation"], seed=p["seed"])
+        out = {key: result[key] for key in ("text", "tokensGenerated", "stopReason", "elapsedMs", "gatingMode",
+                                            "decoder", "warnings")}
+        out["checkpoint"] = display_path(plan["checkpoint"], self.settings.project_root,
+                                         self.settings.experiments_dir)
         if result.get("trajectory") is not None:
             out["trajectory"] = result["trajectory"]
         return out
@@ -207,8 +267,8 @@ class GenerationService:
         start = time.perf_counter()
         trajectories: dict[str, list] = {}
         for i, prompt in enumerate(req.prompts):
-            result = handle.generate(prompt, max_tokens=p["max_tokens"], temperature=p["temperature"],
-                                     top_k=p["top_k"], gating_mode=req.gatingMode, modulation=p["modulation"],
+            result = handle.generate(prompt, max_tokens=p["max_tokens"], gating_mode=req.gatingMode,
+                                     modulation=p["modulation"],
                                      seed=(req.seed + i) if req.seed is not None else None,
                                      num_samples=plan["samples"])
             trajectories[prompt] = [t for t in result.get("trajectories", []) if t]

@@ -89,6 +89,42 @@ class JsonlTail:
             return state.records, state.version
 
 
+class LastValues:
+    """The last finite value of every series of append-only JSONL files (a run's "final metrics"), updated from the
+    bytes appended since the last call, so a table of many long runs costs one stat per run when nothing changed.
+    Kept apart from `JsonlTail`: it holds a few numbers per file, not every record, so it needs no LRU bound."""
+
+    def __init__(self):
+        self._files: dict[str, tuple[int, int, dict]] = {}   # path -> (inode, offset, {key: value})
+        self._lock = threading.Lock()
+
+    def read(self, path: Path) -> dict:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return {}
+        with self._lock:
+            ino, offset, values = self._files.get(str(path), (None, 0, {}))
+            if ino != st.st_ino or st.st_size < offset:   # replaced or truncated: start over
+                offset, values = 0, {}
+            if st.st_size > offset:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read(st.st_size - offset)
+                end = chunk.rfind(b"\n") + 1
+                values = dict(values)
+                for line in chunk[:end].splitlines():
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict):
+                        values.update((k, v) for k, v in record.items() if k not in NON_SERIES_KEYS and _finite(v))
+                offset += end
+            self._files[str(path)] = (st.st_ino, offset, values)
+            return values
+
+
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

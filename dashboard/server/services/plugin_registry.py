@@ -121,6 +121,14 @@ class GenerationParameter(_Model):
         return self
 
 
+class GenerationDecoder(_Model):
+    """A fixed decoder the playground, the API and MCP offer for gating mode none; `parameters` are the ids (in
+    `generation.parameters`) of the sliders it takes."""
+    id: str
+    displayName: str
+    parameters: list[str] = []
+
+
 class SampleRange(_Model):
     min: int = Field(ge=1)
     max: int = Field(ge=1)
@@ -139,6 +147,7 @@ class GenerationConfig(_Model):
     args: dict[str, str]
     modes: list[GenerationMode] = Field(min_length=1)
     parameters: list[GenerationParameter]
+    decoders: list[GenerationDecoder] = Field(min_length=1)
     analysis: AnalysisLimits
     modelCheckpointPatterns: list[str]
     rlCheckpointPatterns: list[str]
@@ -149,10 +158,17 @@ class GenerationConfig(_Model):
         missing = {"temperature", "topK", "topP", "maxTokens", "modulation"} - have
         if missing:
             raise ValueError(f"parameters must define {', '.join(sorted(missing))}")
+        for decoder in self.decoders:
+            unknown = set(decoder.parameters) - have
+            if unknown:
+                raise ValueError(f"decoder {decoder.id!r} takes undefined parameters {', '.join(sorted(unknown))}")
         return self
 
     def parameter(self, pid: str) -> GenerationParameter:
         return next(p for p in self.parameters if p.id == pid)
+
+    def decoder(self, did: str) -> GenerationDecoder | None:
+        return next((d for d in self.decoders if d.id == did), None)
 
     def mode(self, mid: str) -> GenerationMode | None:
         return next((m for m in self.modes if m.id == mid), None)

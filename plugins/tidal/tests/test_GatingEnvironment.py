@@ -1,81 +1,91 @@
-"""The vectorized RL environment: observation layout, N batched envs == N single envs, one forward per step,
-termination vs truncation, gates fed with m, and the gate-training objective."""
+"""The RL environment: the 64-D observation, prompt groups of K samples, idle rows, one batched forward per step,
+termination vs truncation, every decoder through the same step, the per-token oracle, and the dynamic gates."""
 import unittest
 
 import numpy as np
 import torch
 
-from plugins.tidal.DataPipeline import EOT_TOKEN_ID
-from plugins.tidal.GatingEnvironment import GatingEnvironment, ObservationBuilder, freeze_lm_except_gates, gate_state_dict
-from plugins.tidal.GatingModulator import GatingModulator
-from plugins.tidal.RewardComputer import RewardComputer
+from plugins.tidal.DataPipeline import EOT_TOKEN_ID, get_tokenizer
+from plugins.tidal.Decoding import EDTDecoder, MirostatDecoder, PlainDecoder
+from plugins.tidal.GatingEnvironment import (
+    OBSERVATION_DIM, GatingEnvironment, ObservationBuilder, OraclePolicy, freeze_lm_except_gates, gate_state_dict)
+from plugins.tidal.GatingModulator import GatingModulator, ResidualActionSpace
+from plugins.tidal.Judges import NGramJudge
+from plugins.tidal.RewardComputer import RewardComputer, content_token_mask
 from plugins.tidal.TransformerLM import TransformerLM
 from tests.support import rl_config, tiny_config
 
 V = 50257
+TOK = get_tokenizer()
+_JUDGE = NGramJudge.from_texts(["Once upon a time there was a cat. The cat liked the sun."] * 10, order=3)
+_CONTENT = content_token_mask(TOK, V)
 
 
-def make_env(num_envs=3, env_offset=0, seed=7, model=None, **rl_overrides):
-    rl = rl_config(RL_MAX_EPISODE_LENGTH=5, **rl_overrides)
-    if model is None:
-        torch.manual_seed(0)
-        model = TransformerLM(V, tiny_config()).eval()
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return TransformerLM(V, tiny_config()).eval()
+
+
+def make_env(num_envs=4, group=2, env_offset=0, seed=7, model=None, mode="modulation", decoder=None, episode=5,
+             **rl_overrides):
+    rl = rl_config(RL_MAX_EPISODE_LENGTH=episode, RL_SAMPLES_PER_PROMPT=group, RL_ACTION_MODE=mode, **rl_overrides)
+    space = GatingModulator(rl) if mode == "modulation" else \
+        ResidualActionSpace(rl, {"temperature": 1.0, "min_p": 0.1})
     rng = np.random.default_rng(0)
-    stream = rng.integers(0, 300, size=2000).astype(np.uint16)
-    rc = RewardComputer(rl, V, RewardComputer.bigram_statistics_from_tokens(stream, V))
     prompts = [rng.integers(0, 300, size=12).tolist() for _ in range(20)]
-    return GatingEnvironment(model, GatingModulator(rl), rc, prompts, rl, num_envs=num_envs, seed=seed,
-                             env_offset=env_offset)
+    return GatingEnvironment(model or tiny_model(), space, RewardComputer(rl, _JUDGE, _CONTENT), prompts, rl,
+                             num_envs=num_envs, seed=seed, env_offset=env_offset, decoder=decoder)
 
 
 class TestObservation(unittest.TestCase):
-    def test_layout_on_hand_made_tokens(self):
-        rl = rl_config(RL_MAX_EPISODE_LENGTH=50)
-        cfg = tiny_config(EMBED_DIM=48)  # 24 chunks of 2 dimensions
-        build = ObservationBuilder(rl, cfg)
-        tokens = torch.tensor([[5, 5, 6, 7, 5, -1, -1]])  # 5 real tokens, right padding
-        logits = torch.zeros(1, 16)  # uniform: entropy ln 16
-        hidden = torch.arange(48, dtype=torch.float32).unsqueeze(0)
-        obs = build(tokens, logits, hidden, torch.tensor([10.0]), torch.tensor([0.3]), lengths=torch.tensor([5]))
-        self.assertEqual(tuple(obs.shape), (1, 64))
-        o = obs[0]
-        self.assertAlmostEqual(o[0].item(), 1 - 3 / 5)                 # repetition ratio
-        self.assertAlmostEqual(o[1].item(), np.log(16) / 10, places=5)  # raw entropy / 10
-        self.assertAlmostEqual(o[2].item(), 4 / 4)                     # bigrams 55 56 67 75 all distinct
-        self.assertAlmostEqual(o[3].item(), 3 / 3)                     # trigrams distinct
-        self.assertAlmostEqual(o[4].item(), 3 / 5)                     # unique ratio of the (5) recent tokens
-        self.assertAlmostEqual(o[5].item(), 3 / 5)                     # most common (5 appears 3 times)
-        self.assertAlmostEqual(o[6].item(), 5 / 100)
-        self.assertTrue(torch.all(o[7:10] == 0))
-        torch.testing.assert_close(o[10:34], torch.arange(48.).view(24, 2).mean(1))
-        torch.testing.assert_close(o[34:58], torch.arange(48.).view(24, 2).std(1))
-        self.assertAlmostEqual(o[58].item(), 10 / 50)
-        self.assertEqual(o[59].item(), 1.0)
-        self.assertAlmostEqual(o[60].item(), 0.3, places=6)
-        self.assertTrue(torch.all(o[61:] == 0))
+    def test_features_on_hand_made_logits(self):
+        build = ObservationBuilder(rl_config(RL_MAX_EPISODE_LENGTH=50), tiny_config())
+        period = TOK.encode_ordinary(".")[0]
+        history = torch.tensor([[5, period, 6, 7, 5, -1]])  # 5 real tokens, right padding
+        logits = torch.full((1, V), -1e9)
+        logits[0, 5], logits[0, 9] = 0.0, 0.0  # two equally likely tokens, one (5) already in the sequence
+        hidden = torch.zeros(1, tiny_config()["EMBED_DIM"])
+        obs = build(history, torch.tensor([5]), logits, hidden, torch.tensor([10.0]), torch.tensor([0.3]))
+        self.assertEqual(tuple(obs.shape), (1, OBSERVATION_DIM))
+        self.assertAlmostEqual(float(obs[0, 0]), np.log(2), places=4)        # entropy
+        self.assertAlmostEqual(float(obs[0, 1]), 0.0, places=4)              # varentropy of a uniform pair
+        self.assertAlmostEqual(float(obs[0, 2]), 0.5, places=4)              # top-1 probability
+        self.assertAlmostEqual(float(obs[0, 8]), 0.5, places=4)              # mass on tokens already seen
+        self.assertAlmostEqual(float(obs[0, 10]), 3 / 16, places=4)          # 3 tokens since the "."
+        self.assertAlmostEqual(float(obs[0, 11]), 1 - 10 / 50, places=4)     # remaining budget
+        self.assertAlmostEqual(float(obs[0, 13]), 0.3, places=4)             # previous action
 
-    def test_repeated_bigrams_lower_diversity(self):
-        build = ObservationBuilder(rl_config(), tiny_config())
-        obs = build(torch.tensor([[1, 2, 1, 2, 1, 2]]), torch.zeros(1, 8), torch.zeros(1, 32), 0, torch.zeros(1))
-        self.assertAlmostEqual(obs[0, 2].item(), 2 / 5)  # bigrams 12 21 12 21 12
-        self.assertAlmostEqual(obs[0, 3].item(), 2 / 4)
+    def test_no_slot_is_constant_over_a_rollout(self):
+        model = tiny_model()
+        with torch.no_grad():
+            model.output_projection.bias[:5] += 8.0  # favour a few tokens, so repeats and seen argmaxes happen
+        env = make_env(num_envs=8, group=2, model=model, episode=20)
+        rows = [env.reset()]
+        for t in range(24):
+            rows.append(env.step(torch.rand(8))[0])
+        spread = torch.cat(rows).std(dim=0)
+        self.assertTrue(bool((spread > 0).all()), f"constant slots: {(spread == 0).nonzero().flatten().tolist()}")
 
 
-class TestEnvironment(unittest.TestCase):
-    def test_vectorized_equals_single_environments(self):
-        vec = make_env(num_envs=3)
-        singles = [make_env(num_envs=1, env_offset=i) for i in range(3)]
-        obs = vec.reset()
-        single_obs = torch.cat([e.reset() for e in singles])
-        torch.testing.assert_close(obs, single_obs, atol=1e-4, rtol=0)
-        for t in range(12):  # crosses episode boundaries (length 5)
-            m = torch.tensor([0.1, 0.5, 0.9]) * ((t % 3) + 1) / 3
-            obs, reward, term, trunc, info = vec.step(m)
-            outs = [e.step(m[i:i + 1]) for i, e in enumerate(singles)]
-            self.assertEqual(info["tokens"].tolist(), [o[4]["tokens"].item() for o in outs], f"step {t}")
-            torch.testing.assert_close(reward, torch.cat([o[1] for o in outs]), atol=1e-4, rtol=0)
-            torch.testing.assert_close(obs, torch.cat([o[0] for o in outs]), atol=1e-4, rtol=0)
-            self.assertEqual(trunc.tolist(), [o[3].item() for o in outs])
+class TestGroups(unittest.TestCase):
+    def test_rows_of_a_group_share_a_prompt_and_groups_must_divide_the_batch(self):
+        env = make_env(num_envs=6, group=3)
+        env.reset()
+        p = env.prompt_lengths.tolist()
+        self.assertEqual(p[:3], [p[0]] * 3)
+        self.assertTrue(torch.equal(env.history[0, :p[0]], env.history[2, :p[0]]))
+        with self.assertRaisesRegex(ValueError, "multiple of RL_SAMPLES_PER_PROMPT"):
+            make_env(num_envs=5, group=2)
+
+    def test_a_batch_reproduces_its_groups_run_alone(self):
+        model = tiny_model()
+        big = make_env(num_envs=4, group=2, model=model)
+        small = make_env(num_envs=2, group=2, env_offset=2, model=model)
+        big.reset(), small.reset()
+        for _ in range(4):
+            _, _, _, _, a = big.step(torch.full((4,), 0.5))
+            _, _, _, _, b = small.step(torch.full((2,), 0.5))
+            self.assertEqual(a["tokens"][2:].tolist(), b["tokens"].tolist())
 
     def test_one_batched_forward_per_step(self):
         env = make_env(num_envs=4)
@@ -87,52 +97,84 @@ class TestEnvironment(unittest.TestCase):
             env.step(torch.full((4,), 0.5))
         self.assertEqual(calls, [torch.Size([4, 1])] * 4)
 
-    def test_truncation_at_the_length_limit_and_auto_reset(self):
-        env = make_env(num_envs=2)
+    def test_truncation_then_the_whole_group_restarts(self):
+        env = make_env(num_envs=2, group=2)
         env.reset()
-        for t in range(5):
+        for _ in range(5):
             obs, reward, term, trunc, info = env.step(torch.full((2,), 0.5))
         self.assertTrue(trunc.all())
         self.assertFalse(term.any())
         self.assertEqual(len(info["episode_returns"]), 2)
-        self.assertTrue(torch.allclose(info["final_obs"][:, 58], torch.ones(2)))  # step 5 of 5
-        self.assertTrue(torch.all(obs[:, 58] == 0))  # the returned observation starts the next episode
+        self.assertAlmostEqual(float(info["final_obs"][0, 11]), 0.0)  # no budget left
+        self.assertTrue(torch.all(obs[:, 11] == 1))  # the returned observation starts the next episode
+        self.assertTrue(env.active.all())
 
-    def test_end_of_text_terminates(self):
-        torch.manual_seed(0)
-        model = TransformerLM(V, tiny_config()).eval()
+    def test_an_ended_row_idles_until_its_siblings_end(self):
+        model = tiny_model()
+        env = make_env(num_envs=2, group=2, model=model, mode="residual")
+        env.reset()
         with torch.no_grad():
-            model.output_projection.bias[EOT_TOKEN_ID] = 1e4  # the model always ends the story
-        env = make_env(num_envs=2, model=model)
-        env.reset()
-        _, _, term, trunc, info = env.step(torch.full((2,), 0.5))
-        self.assertTrue(term.all())
-        self.assertFalse(trunc.any())
-        self.assertEqual(info["episode_lengths"].tolist(), [1, 1])
+            env.logits[0, EOT_TOKEN_ID] = 1e4  # row 0 ends the story now; row 1 goes on
+        _, reward, term, trunc, info = env.step(torch.zeros(2))
+        self.assertEqual((term.tolist(), trunc.tolist()), ([True, False], [False, False]))
+        self.assertEqual(env.active.tolist(), [False, True])
+        _, reward, term, _, info = env.step(torch.zeros(2))
+        self.assertEqual(info["active"].tolist(), [False, True])
+        self.assertEqual(float(reward[0]), 0.0)
+        self.assertTrue(bool(term[0]))  # idle transitions read as ended: nothing bootstraps through them
+        self.assertEqual(int(info["tokens"][0]), EOT_TOKEN_ID)
 
-    def test_reward_components_are_batched(self):
-        env = make_env(num_envs=3)
+
+class TestDecoders(unittest.TestCase):
+    def test_every_decoder_steps_through_the_same_environment(self):
+        for decoder in (PlainDecoder(0.8, 20, 0.9, 0.05, 1.2, 4), PlainDecoder(0.0), MirostatDecoder(3.0),
+                        EDTDecoder(), None):
+            with self.subTest(decoder=decoder):
+                env = make_env(num_envs=4, decoder=decoder)
+                env.reset()
+                for _ in range(3):
+                    obs, reward, _, _, info = env.step(torch.full((4,), 0.5))
+                self.assertEqual(tuple(obs.shape), (4, OBSERVATION_DIM))
+                self.assertEqual(set(info["components"]), {"quality", "repetition", "overlap", "total"})
+
+    def test_the_residual_action_zero_is_the_base_decoder(self):
+        model = tiny_model()
+        controlled = make_env(model=model, mode="residual")
+        fixed = make_env(model=model, mode="residual", decoder=PlainDecoder(1.0, min_p=0.1, penalty_window=16))
+        controlled.reset(), fixed.reset()
+        for _ in range(4):
+            a = controlled.step(torch.zeros(4))[4]["tokens"]
+            b = fixed.step(torch.zeros(4))[4]["tokens"]
+            self.assertEqual(a.tolist(), b.tolist())
+
+
+class TestOracle(unittest.TestCase):
+    def test_the_oracle_scores_at_least_every_constant_in_the_same_state(self):
+        env = make_env(num_envs=4, mode="residual")
         env.reset()
-        _, reward, _, _, info = env.step(torch.tensor([0.0, 0.5, 1.0]))
-        self.assertEqual(tuple(reward.shape), (3,))
-        for name in ("perplexity", "diversity", "sampling", "repetition", "coherence", "total"):
-            self.assertEqual(tuple(info["components"][name].shape), (3,))
-        self.assertEqual(info["effects"].top_k.tolist(), [5, 52, 100])
+        actions = [float(a) for a in range(env.action_space.num_actions)]
+        oracle = OraclePolicy(env, actions)
+        for _ in range(4):
+            best = oracle.choose()
+            best_reward = env.decide(best, oracle.uniforms)[1]["total"]
+            for a in actions:
+                reward = env.decide(torch.full((4,), a), oracle.uniforms)[1]["total"]
+                self.assertTrue(bool((best_reward >= reward - 1e-6).all()), a)
+            env.step(best, oracle.uniforms)
 
 
 class TestGates(unittest.TestCase):
     def test_m_reaches_the_dynamic_gates_when_used(self):
-        torch.manual_seed(0)
-        model = TransformerLM(V, tiny_config()).eval()
+        model = tiny_model()
         for block in model.transformer_blocks:
             torch.nn.init.normal_(block.ffn_gate.net[2].weight, std=2.0)
         obs = []
         for m in (0.0, 1.0):
-            env = make_env(num_envs=1, model=model, RL_UNFREEZE_DYNAMIC_GATES=True)
+            env = make_env(num_envs=2, model=model)
             env.use_gates = True
             env.reset()
-            obs.append(env.step(torch.tensor([m]))[4]["final_obs"])
-        self.assertFalse(torch.allclose(obs[0][:, 10:58], obs[1][:, 10:58]))
+            obs.append(env.step(torch.full((2,), m))[4]["final_obs"])
+        self.assertFalse(torch.allclose(obs[0][:, 15:], obs[1][:, 15:]))
 
     def test_gate_training_accumulates_gradients_only_in_gates(self):
         torch.manual_seed(0)

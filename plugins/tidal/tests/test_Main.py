@@ -65,6 +65,8 @@ class TestMainCLI(MainTestCase):
             (["--config", self.write_config(), "--set", "BATCH_SIZE=abc"], ["BATCH_SIZE", "integer"]),
             (["--config", self.write_config(), "--set", "DESIRED_BATCH_SIZE=12"], ["DESIRED_BATCH_SIZE"]),
             (["--config", self.write_config(), "--set", "NOSUCHSECTION.KEY=1"], ["NOSUCHSECTION"]),
+            (["--config", self.write_config(), "--set", "NOT_A_KEY=3"], ["NOT_A_KEY", "did you mean"]),
+            (["--config", self.write_config(), "--set", "BATCH_SIZ=3"], ["BATCH_SIZ", "did you mean BATCH_SIZE?"]),
             (["--resume", str(self.tmp / "nope")], ["nope"]),
         ]
         for argv, fragments in cases:
@@ -88,7 +90,8 @@ class TestMainCLI(MainTestCase):
         cases = {"wrong_type.yaml": (yaml.safe_dump(wrong_type), "BATCH_SIZE"),
                  "nested.yaml": (yaml.safe_dump(nested), "LEARNING_RATE_SCHEDULER.BASE_LR"),
                  "missing.yaml": (yaml.safe_dump(missing), "VOCAB_SIZE"),
-                 "not_yaml.yaml": ("A: [1, 2\n", "YAML"), "a_list.yaml": ("- 1\n- 2\n", "mapping")}
+                 "not_yaml.yaml": ("A: [1, 2\n", "YAML"), "a_list.yaml": ("- 1\n- 2\n", "mapping"),
+                 "extra_key.yaml": (yaml.safe_dump(tiny_config(PATIENTS=3)), "did you mean PATIENCE?")}
         for name, (text, key) in cases.items():
             with self.subTest(config=name):
                 path = self.tmp / name
@@ -100,6 +103,29 @@ class TestMainCLI(MainTestCase):
                 self.assertIn(str(path), line)
                 self.assertIn(key, line)
         self.assertFalse((self.tmp / "experiments").exists(), "no experiment directory for a rejected config")
+
+
+class TestOffline(MainTestCase):
+    def test_an_unreachable_hub_fails_within_seconds_with_one_line_recorded_in_the_run(self):
+        import time
+
+        from tests.support import free_port
+
+        env = {**self.env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HOME": str(self.tmp / "hf"),
+               "HF_HUB_OFFLINE": "", "HTTPS_PROXY": "", "https_proxy": "", "ALL_PROXY": "", "all_proxy": ""}
+        start = time.monotonic()
+        proc = run_python("-m", "plugins.tidal.Main", "--config", self.write_config(DATASET="tidal-tests/no-such-set"),
+                          "--max-steps", "2", env=env)
+        self.assertLess(time.monotonic() - start, 15, "no minute of retries against an unreachable hub")
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        (line,) = proc.stderr.strip().splitlines()
+        for fragment in ("tidal-tests/no-such-set", "unreachable", "builtin:tinytales"):
+            self.assertIn(fragment, line)
+        (exp,) = self.experiments()
+        status = json.loads((exp / "dashboard_metrics/status.json").read_text())
+        self.assertEqual(status["status"], "failed")
+        self.assertIn("unreachable", status["error"])
+        self.assertIn("unreachable", (exp / "training.log").read_text(), "the run's log ends with the error")
 
 
 class TestSignals(MainTestCase):
@@ -124,6 +150,34 @@ class TestSignals(MainTestCase):
         steps = [r["step"] for r in read_jsonl(exp / "dashboard_metrics/metrics.jsonl") if "Losses/Total" in r]
         self.assertEqual(steps[-2:], [stopped_at + 1, stopped_at + 2])
         self.assertTrue((exp / "transformer-lm_v1.0.0.pth").is_file())
+
+
+    def test_a_stopped_run_resumed_without_max_steps_ends_like_the_uninterrupted_run(self):
+        # --max-steps 60 of a 133-step epoch: a resume that forgot the horizon trains on to the epoch end
+        config = self.write_config(CHECKPOINT_INTERVAL=0)
+        full = run_python("-m", "plugins.tidal.Main", "--config", config, "--max-steps", "60", env=self.env)
+        self.assertEqual(full.returncode, 0, full.stderr)
+        (full_exp,) = self.experiments()
+        proc = subprocess.Popen([PYTHON, "-m", "plugins.tidal.Main", "--config", config, "--max-steps", "60"],
+                                cwd=PROJECT_ROOT, env={**os.environ, **self.env}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        self.addCleanup(proc.kill)
+        metrics = lambda: next((e / "dashboard_metrics/metrics.jsonl" for e in self.experiments() if e != full_exp),
+                               None)
+        wait_for(lambda: metrics() and len(read_jsonl(metrics())) >= 3, timeout=120, message="training to start")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 143, err)
+        exp = metrics().parent.parent
+        resumed = run_python("-m", "plugins.tidal.Main", "--resume", str(exp), env=self.env)
+        self.assertEqual(resumed.returncode, 0, resumed.stderr)
+        series = lambda e, key: {r["step"]: r[key] for r in read_jsonl(e / "dashboard_metrics/metrics.jsonl")
+                                 if key in r}
+        self.assertEqual(max(series(exp, "Learning Rate")), 60)
+        self.assertEqual(series(exp, "Learning Rate"), series(full_exp, "Learning Rate"))
+        progress = [r["Progress"] for r in read_jsonl(exp / "dashboard_metrics/metrics.jsonl") if "Progress" in r]
+        self.assertEqual(progress, sorted(progress), "progress never goes backwards")
+        self.assertEqual(json.loads((exp / "dashboard_metrics/status.json").read_text())["status"], "completed")
 
 
 class TestDistributed(MainTestCase):

@@ -2,10 +2,20 @@ import unittest
 
 import torch
 
-from plugins.tidal.RLControllers import (DiversityHomeostasis, EntropyHomeostasis, LagrangeMultiplier,
-                                        LinearEntropySchedule, combine_advantages, homeostatic_update,
-                                        make_entropy_schedule)
-from tests.support import rl_config
+from plugins.tidal.RLControllers import (ConstantEntropySchedule, EntropyHomeostasis,
+                                        LagrangeMultiplier, LinearEntropySchedule, combine_advantages,
+                                        homeostatic_update, make_entropy_schedule)
+from tests.support import rl_config as shipped_rl_config
+
+# The settings the hand-computed numbers below assume, whatever the shipped config tunes them to.
+PINNED = {"RL_ENTROPY_COEF": 0.01, "RL_ENTROPY_TARGET_POLICY": -0.35, "RL_ENTROPY_HOMEOSTASIS_RATE": 0.05,
+          "RL_ENTROPY_HOMEOSTASIS_DECAY": 0.95, "RL_ENTROPY_COEF_MIN": 0.01, "RL_ENTROPY_COEF_MAX": 0.5,
+          "RL_ENTROPY_COEF_FINAL": 0.001,
+          "RL_LAGRANGE_MULTIPLIER_INIT": 1.0, "RL_LAGRANGE_MULTIPLIER_LR": 0.05, "RL_LAGRANGE_COST_LIMIT": 0.01}
+
+
+def rl_config(**overrides) -> dict:
+    return shipped_rl_config(**{**PINNED, **overrides})
 
 
 
@@ -75,46 +85,26 @@ class TestLinearEntropySchedule(unittest.TestCase):
         restored.load_state_dict(schedule.state_dict())
         self.assertEqual(restored.coef, schedule.coef)
 
+    def test_constant_schedule_keeps_the_coefficient_whatever_it_is_stepped_with(self):
+        schedule = ConstantEntropySchedule(rl_config(RL_ENTROPY_COEF=0.003))
+        self.assertEqual(schedule.coef, 0.003)
+        for argument in (-5.0, 0, 99, 1e6):
+            self.assertEqual(schedule.step(argument), 0.003)
+        restored = ConstantEntropySchedule(rl_config(RL_ENTROPY_COEF=0.003))
+        restored.load_state_dict(schedule.state_dict())
+        self.assertEqual(restored.coef, 0.003)
+
     def test_factory_picks_the_configured_schedule(self):
         self.assertIsInstance(make_entropy_schedule(rl_config(RL_ENTROPY_SCHEDULE="homeostasis"), 10),
                               EntropyHomeostasis)
         self.assertIsInstance(make_entropy_schedule(rl_config(RL_ENTROPY_SCHEDULE="linear"), 10),
                               LinearEntropySchedule)
+        self.assertIsInstance(make_entropy_schedule(rl_config(RL_ENTROPY_SCHEDULE="constant"), 10),
+                              ConstantEntropySchedule)
         with self.assertRaises(ValueError) as ctx:
             make_entropy_schedule(rl_config(RL_ENTROPY_SCHEDULE="cosine"), 10)
         self.assertIn("homeostasis", str(ctx.exception))
-
-
-class TestDiversityHomeostasis(unittest.TestCase):
-    def setUp(self):
-        self.config = rl_config(RL_DIVERSITY_HOMEOSTASIS_TARGET=0.55)
-
-    def test_low_diversity_raises_the_weight_by_the_rule(self):
-        homeostasis = DiversityHomeostasis(self.config)
-        self.assertAlmostEqual(homeostasis.weight, 0.15)
-        # 0.15 + 0.03 * (0.55 - 0.35) = 0.156; 0.95 * 0.156 + 0.05 * 0.15 = 0.1557
-        self.assertAlmostEqual(homeostasis.step(0.35), 0.1557)
-        # healthy diversity: decay only
-        self.assertAlmostEqual(homeostasis.step(0.7), 0.95 * 0.1557 + 0.05 * 0.15)
-
-    def test_weight_stays_within_its_range(self):
-        homeostasis = DiversityHomeostasis({**self.config, "RL_DIVERSITY_HOMEOSTASIS_RATE": 10.0})
-        self.assertEqual(homeostasis.step(0.0), 0.35)
-        for _ in range(200):
-            value = homeostasis.step(1.0)
-        self.assertAlmostEqual(value, 0.15, places=4)
-        self.assertGreaterEqual(value, 0.15)
-
-    def test_needs_a_target(self):
-        with self.assertRaises(ValueError):
-            DiversityHomeostasis(rl_config(RL_DIVERSITY_HOMEOSTASIS_TARGET=None))
-
-    def test_state_dict_round_trip(self):
-        homeostasis = DiversityHomeostasis(self.config)
-        homeostasis.step(0.1)
-        restored = DiversityHomeostasis(self.config)
-        restored.load_state_dict(homeostasis.state_dict())
-        self.assertEqual(restored.weight, homeostasis.weight)
+        self.assertIn("constant", str(ctx.exception))
 
 
 class TestLagrangeMultiplier(unittest.TestCase):

@@ -97,6 +97,38 @@ class TestStopAndResume(TrainerTestCase):
         for step in range(1, 13):
             self.assertAlmostEqual(expected[step], got[step], places=5, msg=f"step {step}")
 
+    @staticmethod
+    def series(exp, key):
+        return {r["step"]: r[key] for r in read_jsonl(exp / "dashboard_metrics" / "metrics.jsonl") if key in r}
+
+    def test_resume_keeps_the_horizon_and_schedule_the_run_was_started_with(self):
+        # the epoch is much longer than 12 steps: a resume that forgot the horizon would train on to its end
+        _, _, full = self.train("full", self.config(), max_steps=12)
+        self.train("part", self.config(), max_steps=12, stop=(5, "terminate"))
+        trainer, final, part = self.train("part", self.config(), max_steps=None, resume=True)
+        self.assertEqual((trainer.global_step, trainer.total_steps), (12, 12))
+        self.assertIsNotNone(final)
+        expected, got = self.series(full, "Learning Rate"), self.series(part, "Learning Rate")
+        self.assertEqual(sorted(got), list(range(1, 13)))
+        for step in range(1, 13):
+            self.assertAlmostEqual(expected[step], got[step], places=12, msg=f"step {step}")
+        progress = list(self.series(part, "Progress").values())
+        self.assertEqual(progress, sorted(progress), "progress never goes backwards")
+        self.assertEqual(progress[-1], 1.0)
+
+    def test_resume_with_a_new_horizon_rebuilds_the_schedule_and_says_so(self):
+        from plugins.tidal.DynamicLRScheduler import DynamicLRScheduler
+
+        config = self.config()
+        self.train("part", config, max_steps=12, stop=(5, "terminate"))
+        trainer, _, part = self.train("part", config, max_steps=20, resume=True)
+        self.assertEqual((trainer.global_step, trainer.total_steps), (20, 20))
+        schedule = DynamicLRScheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0), config, 20)
+        got = self.series(part, "Learning Rate")
+        for step in range(6, 21):  # after the resume, the rate follows a 20-step schedule at the same position
+            self.assertAlmostEqual(got[step], schedule.lr_at(step), places=12, msg=f"step {step}")
+        self.assertRegex((part / "training.log").read_text(), r"horizon changed from 12 to 20 steps")
+
     def test_complete_request_finishes_the_step_and_writes_the_final_model(self):
         trainer, final, exp = self.train("run", self.config(), max_steps=50, stop=(3, "complete"))
         self.assertEqual(trainer.global_step, 3)

@@ -43,6 +43,39 @@ class TestConfig(TempDirTestCase):
                 validate_against(config, reference, "c.yaml")
             self.assertEqual(str(ctx.exception), message)
 
+    def test_unknown_keys_are_refused_naming_the_closest_known_key(self):
+        # a typo must not train silently with the default value and the typo saved in the run's config
+        reference = {"BATCH_SIZE": 8, "S": {"BASE_LR": 0.1}}
+        cases = [({"BATCH_SIZE": 8, "S": {"BASE_LR": 0.1}, "BATCH_SIZ": 4}, "c.yaml: unknown key BATCH_SIZ",
+                  "did you mean BATCH_SIZE?"),
+                 ({"BATCH_SIZE": 8, "S": {"BASE_LR": 0.1, "BASE_RL": 1}}, "c.yaml: unknown key S.BASE_RL",
+                  "did you mean S.BASE_LR?")]
+        for config, start, hint in cases:
+            with self.subTest(start=start), self.assertRaises(ConfigError) as ctx:
+                validate_against(config, reference, "c.yaml")
+            self.assertTrue(str(ctx.exception).startswith(start), str(ctx.exception))
+            self.assertIn(hint, str(ctx.exception))
+
+    def test_an_unknown_override_or_file_key_is_one_line_naming_the_closest_key(self):
+        from plugins.tidal.Utils import BASE_CONFIG_PATH, RL_CONFIG_PATH
+
+        with self.assertRaises(ConfigError) as ctx:
+            load_config(BASE_CONFIG_PATH, ["NOT_A_KEY=3"])
+        message = str(ctx.exception)
+        self.assertIn("--set NOT_A_KEY=3", message)
+        self.assertIn("unknown key NOT_A_KEY", message)
+        self.assertRegex(message, r"did you mean [A-Z_]+\?$")
+        with self.assertRaisesRegex(ConfigError, "unknown key LEARNING_RATE_SCHEDULER.BASE_RL; did you mean "
+                                                 "LEARNING_RATE_SCHEDULER.BASE_LR"):
+            load_config(BASE_CONFIG_PATH, ["LEARNING_RATE_SCHEDULER.BASE_RL=1e-3"])
+        with self.assertRaisesRegex(ConfigError, "unknown key RL_LEARNIN_RATE; did you mean RL_LEARNING_RATE"):
+            load_config(RL_CONFIG_PATH, ["RL_LEARNIN_RATE=1e-3"], reference_path=RL_CONFIG_PATH)
+        path = self.tmp / "extra.yaml"
+        path.write_text(BASE_CONFIG_PATH.read_text() + "EMBED_DIMS: 64\n")
+        with self.assertRaisesRegex(ConfigError, f"^{path}: unknown key EMBED_DIMS; did you mean EMBED_DIM\\?$"):
+            load_config(path)
+        self.assertEqual(load_config(BASE_CONFIG_PATH, ["BATCH_SIZE=8"])["BATCH_SIZE"], 8)
+
     def test_shipped_configs_validate_against_their_references(self):
         from plugins.tidal.Utils import CONFIG_DIR, RL_CONFIG_PATH
 

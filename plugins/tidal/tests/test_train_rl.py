@@ -87,7 +87,8 @@ class TestTrainRL(TrainRLTestCase):
         bad_rl = self.tmp / "bad.yaml"
         bad_rl.write_text(yaml.safe_dump({k: v for k, v in rl_config(**TINY_RL).items() if k != "RL_GAMMA"}))
         for argv, fragment in ((["--checkpoint", str(self.tmp / "none.pth")], "none.pth"),
-                               (["--rl-config", str(bad_rl)], "RL_GAMMA")):
+                               (["--rl-config", str(bad_rl)], "RL_GAMMA"),
+                               (["--set", "NOT_A_KEY=3"], "unknown key NOT_A_KEY; did you mean")):
             with self.subTest(argv=argv):
                 proc = run_python(*self.args(*argv), env=self.env)
                 self.assertEqual(proc.returncode, 2, proc.stderr)

@@ -9,6 +9,7 @@ import { renderAblation } from "./ablation.js";
 import { renderCheckpoints } from "./checkpoints.js";
 import { renderConfig } from "./config.js";
 import { renderMetrics } from "./metrics.js";
+import { runInfo } from "./runinfo.js";
 
 const TABS = { charts: ["Charts", renderMetrics], ablation: ["Ablation", renderAblation], checkpoints: ["Checkpoints", renderCheckpoints], config: ["Config", renderConfig] };
 
@@ -16,6 +17,15 @@ const FINISHED = new Set(["completed", "failed", "stopped", "cancelled", "interr
 
 export const typeBadge = (type) => h("span", { class: `badge badge-type type-${type}` }, type === "unknown" ? "?" : type.toUpperCase());
 export const statusBadge = (status) => h("span", { class: `badge badge-status status-${status || "unknown"}` }, status || "unknown");
+
+/** Why a failed run failed: its error and the tail of its log, so an empty chart is never the whole story. */
+function runFailure(exp) {
+  if (exp.status !== "failed" || !(exp.error || exp.logTail)) return null;
+  return h("section", { class: "run-failure", "data-testid": "run-failure" },
+    exp.error && h("p", { class: "run-error", "data-testid": "run-error" }, exp.error),
+    exp.logTail && h("details", { open: true }, h("summary", {}, "End of the run's log"),
+      h("pre", { class: "log-tail run-log-tail", "data-testid": "run-log-tail" }, exp.logTail)));
+}
 
 export function renderExperiment(root, route) {
   const exp = experiment(route.id);
@@ -33,7 +43,8 @@ export function renderExperiment(root, route) {
   const source = exp.sourceExperiment && h("span", {}, "from ", h("a", { href: `#/exp/${encodeURIComponent(exp.sourceExperiment)}` }, shortId(exp.sourceExperiment)));
   mount(root, h("div", { class: "page-head" },
     h("div", { class: "title-row" }, typeBadge(exp.type), h("h1", { class: "exp-title", title: exp.id }, exp.id), statusSlot, livePill),
-    h("div", { class: "meta muted" }, h("span", {}, `created ${fmtTime(exp.createdAt)}`), h("span", {}, `updated ${fmtTime(exp.lastUpdate)}`), source)), tabBar, body);
+    h("div", { class: "meta muted" }, h("span", {}, `created ${fmtTime(exp.createdAt)}`), h("span", {}, `updated ${fmtTime(exp.lastUpdate)}`), source),
+    runInfo(exp), runFailure(exp)), tabBar, body);
 
   const refreshList = debounce(() => refreshExperiments().catch(reportError), 500);
   // The server sends a heartbeat once the stream's subscription is in place; tabs load their history after it, so

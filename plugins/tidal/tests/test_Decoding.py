@@ -1,0 +1,156 @@
+"""Decoding: the sampling filters and samplers shared by generation, the RL environment and the study (their speed
+and semantics), and the decoders built on them."""
+import math
+import unittest
+
+import torch
+
+from plugins.tidal.Decoding import (
+    apply_repetition_penalty, filter_logits, invert_cdf, sample_from_probs, sample_tokens, validate_sampling,
+)
+
+
+class TestSamplingFilters(unittest.TestCase):
+    def test_repetition_penalty_divides_positive_and_multiplies_negative(self):
+        logits = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
+        seen = torch.tensor([[True, True, False, False]])
+        out = apply_repetition_penalty(logits, seen, 2.0)
+        torch.testing.assert_close(out, torch.tensor([[1.0, -4.0, 1.0, -1.0]]))
+
+    def test_repetition_penalty_from_token_ids_equals_the_mask_form(self):
+        logits = torch.randn(3, 20)
+        ids = torch.tensor([[4, 7, 4, -1], [0, 19, -1, -1], [5, 5, 5, 5]])
+        mask = torch.zeros(3, 20, dtype=torch.bool)
+        for row, toks in enumerate(ids.tolist()):
+            mask[row, [t for t in toks if t >= 0]] = True
+        torch.testing.assert_close(apply_repetition_penalty(logits, ids, torch.tensor([1.5, 2.0, 3.0])),
+                                   apply_repetition_penalty(logits, mask, torch.tensor([1.5, 2.0, 3.0])))
+
+    def test_repetition_penalty_per_row(self):
+        logits = torch.tensor([[2.0, 2.0], [2.0, 2.0]])
+        seen = torch.tensor([[True, False], [True, False]])
+        out = apply_repetition_penalty(logits, seen, torch.tensor([1.0, 4.0]))
+        torch.testing.assert_close(out, torch.tensor([[2.0, 2.0], [0.5, 2.0]]))
+
+    def test_top_k_keeps_k_largest(self):
+        logits = torch.tensor([[1.0, 4.0, 3.0, 2.0, 0.0]])
+        out = filter_logits(logits, top_k=2)
+        self.assertEqual(torch.isfinite(out).nonzero()[:, 1].tolist(), [1, 2])
+        self.assertEqual(out[0, 1].item(), 4.0)
+
+    def test_top_p_keeps_smallest_set_reaching_p_including_crossing_token(self):
+        probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+        logits = probs.log()
+        kept = lambda p: torch.isfinite(filter_logits(logits, top_p=p)).nonzero()[:, 1].tolist()
+        self.assertEqual(kept(0.45), [0])       # reached by the first token alone
+        self.assertEqual(kept(0.6), [0, 1])     # the crossing token is kept
+        self.assertEqual(kept(0.79), [0, 1])
+        self.assertEqual(kept(0.81), [0, 1, 2])
+        self.assertEqual(kept(1.0), [0, 1, 2, 3])
+
+    def test_top_p_is_applied_after_top_k_on_the_renormalised_distribution(self):
+        logits = torch.tensor([[0.4, 0.3, 0.2, 0.1]]).log()
+        # top-k 2 renormalises to (4/7, 3/7); p=0.5 is reached by the first token alone.
+        out = filter_logits(logits, top_k=2, top_p=0.5)
+        self.assertEqual(torch.isfinite(out).nonzero()[:, 1].tolist(), [0])
+
+    def test_per_row_top_k_and_top_p(self):
+        logits = torch.tensor([[0.4, 0.3, 0.2, 0.1], [0.4, 0.3, 0.2, 0.1]]).log()
+        out = filter_logits(logits, top_k=torch.tensor([1, 3]), top_p=torch.tensor([1.0, 0.6]))
+        self.assertEqual(torch.isfinite(out).sum(dim=1).tolist(), [1, 2])
+
+    def test_temperature_scales_logits(self):
+        logits = torch.tensor([[1.0, 2.0]])
+        torch.testing.assert_close(filter_logits(logits, temperature=0.5), torch.tensor([[2.0, 4.0]]))
+
+    def test_temperature_zero_is_greedy(self):
+        logits = torch.tensor([[0.1, 3.0, 2.9], [5.0, 0.0, 0.0]])
+        for _ in range(5):
+            self.assertEqual(sample_tokens(filter_logits(logits, temperature=0.0)).tolist(), [1, 0])
+
+    def test_sampling_follows_the_distribution(self):
+        logits = torch.tensor([[math.log(0.7), math.log(0.3)]]).expand(20000, 2)
+        draws = sample_tokens(logits, generator=torch.Generator().manual_seed(0))
+        self.assertAlmostEqual(draws.float().mean().item(), 0.3, delta=0.02)
+
+    def test_per_row_generators_make_rows_reproducible_alone(self):
+        logits = torch.randn(3, 50)
+        gens = [torch.Generator().manual_seed(10 + i) for i in range(3)]
+        batch = sample_tokens(logits, generator=gens)
+        alone = sample_tokens(logits[2:3], generator=[torch.Generator().manual_seed(12)])
+        self.assertEqual(batch[2].item(), alone[0].item())
+
+    def test_invalid_parameters_raise(self):
+        logits = torch.zeros(1, 5)
+        for kwargs in ({"temperature": -1.0}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5},
+                       {"repetition_penalty": 0.0}, {"temperature": float("nan")}):
+            with self.subTest(**kwargs), self.assertRaises(ValueError):
+                validate_sampling(**{"temperature": 1.0, "top_k": 0, "top_p": 1.0,
+                                                   "repetition_penalty": 1.0, **kwargs})
+
+
+def reference_top_k(logits, temperature, top_k):
+    """filter_logits' general path for top-k alone: divide the whole vocabulary, keep everything >= the k-th value."""
+    t = temperature.unsqueeze(1)
+    scaled = logits / torch.where(t == 0, torch.ones_like(t), t)
+    k = torch.where(temperature == 0, torch.ones_like(top_k), top_k)
+    kth = scaled.topk(int(k.max()), dim=-1).values.gather(1, (k - 1).unsqueeze(1))
+    return scaled.masked_fill(scaled < kth, float("-inf"))
+
+
+def reference_invert_cdf(probs, u):
+    """invert_cdf as one cumsum over the whole vocabulary."""
+    cdf = probs.float().cumsum(dim=-1)
+    return torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1).clamp(max=probs.shape[1] - 1)
+
+
+class TestTopKFastPath(unittest.TestCase):
+    """filter_logits with top-k as the only filter takes a path that divides only the kept values (ADR 0016)."""
+
+    def test_same_logits_as_dividing_the_whole_vocabulary(self):
+        g = torch.Generator().manual_seed(0)
+        for V in (100, 50257):
+            logits = torch.randn(6, V, generator=g) * 3
+            temperature = torch.tensor([0.8, 1.0, 0.0, 1.7, 0.3, 0.8])
+            top_k = torch.tensor([50, 1, 50, 7, 99, 3])
+            with self.subTest(V=V):
+                self.assertTrue(torch.equal(filter_logits(logits, temperature, top_k),
+                                            reference_top_k(logits, temperature, top_k)))
+                self.assertTrue(torch.equal(filter_logits(logits, 0.8, 50),
+                                            reference_top_k(logits, torch.full((6,), 0.8), torch.full((6,), 50))))
+
+    def test_ties_at_the_k_th_value_are_all_kept(self):
+        logits = torch.tensor([[5.0, 3.0, 3.0, 3.0, 1.0], [4.0, 2.0, 1.0, 0.0, -1.0]])
+        out = filter_logits(logits, 1.0, 2)
+        self.assertEqual(torch.isfinite(out).sum(dim=1).tolist(), [4, 2])
+        self.assertTrue(torch.equal(out, reference_top_k(logits, torch.ones(2), torch.tensor([2, 2]))))
+
+
+class TestBlockedInverseCDF(unittest.TestCase):
+    """invert_cdf finds the block, then the token inside it; it must pick the token one long cumsum picks."""
+
+    def test_same_tokens_as_one_cumsum_over_the_vocabulary(self):
+        g = torch.Generator().manual_seed(1)
+        V = 50257
+        dense = torch.rand(8, V, generator=g)
+        sparse = filter_logits(torch.randn(8, V, generator=g), 0.8, 50).softmax(dim=-1)  # top-k 50: mostly zero
+        tail = torch.zeros(8, V)
+        tail[:, -5:] = torch.rand(8, 5, generator=g)  # all mass in the short last block
+        for name, probs in (("dense", dense), ("top-k", sparse), ("tail", tail)):
+            for _ in range(200):
+                u = torch.rand(8, generator=g)
+                with self.subTest(name):
+                    self.assertTrue(torch.equal(invert_cdf(probs, u), reference_invert_cdf(probs, u)))
+
+    def test_never_a_zero_probability_token_even_at_the_ends_of_u(self):
+        probs = torch.zeros(3, 50257)
+        probs[0, [5, 70000 % 50257, 50256]] = 1.0
+        probs[1, 256:260] = 0.25
+        probs[2, 1000] = 1.0
+        for u in (0.0, 0.5, 1.0 - 2 ** -24):
+            tokens = invert_cdf(probs, torch.full((3,), u))
+            self.assertTrue(bool((probs.gather(1, tokens.unsqueeze(1)) > 0).all()), f"u={u}: {tokens.tolist()}")
+
+    def test_small_vocabularies_use_one_cumsum(self):
+        probs = torch.tensor([[0.1, 0.0, 0.6, 0.3]])
+        self.assertEqual([invert_cdf(probs, torch.tensor([u])).item() for u in (0.05, 0.1, 0.69, 0.71)], [0, 2, 2, 3])
