@@ -53,7 +53,9 @@ class LiveCliRunTest(LiveDashboardTestCase):
     def start_cli_run(self) -> subprocess.Popen:
         """`python -m plugins.tidal.Main` as typed in a shell: no REDIS_URL, only the experiments directory."""
         config = self.tmp / "tiny.yaml"
-        config.write_text(yaml.safe_dump(tiny_config(DATA_CACHE_DIR=str(self.tmp / "cache"), CHECKPOINT_INTERVAL=0)))
+        # many epochs: the run is still training whenever the page looks (the test stops it)
+        config.write_text(yaml.safe_dump(tiny_config(DATA_CACHE_DIR=str(self.tmp / "cache"), CHECKPOINT_INTERVAL=0,
+                                                     NUM_EPOCHS=100)))
         env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
         env.update(EXPERIMENTS_DIR=str(self.root), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         proc = subprocess.Popen([PYTHON, "-m", "plugins.tidal.Main", "--config", str(config), "--max-steps", "100000"],
@@ -75,11 +77,13 @@ class LiveCliRunTest(LiveDashboardTestCase):
         first = int(chart.get_attribute("data-last-x"))
         # only the live stream moves a chart (no polling): the trainer must be publishing to the dashboard's Redis
         try:
-            chart.element_handle().wait_for_element_state("stable")
-            self.page.wait_for_function("([el, x]) => Number(el.dataset.lastX) > x",
-                                        arg=[chart.element_handle(), first], timeout=2000)
+            self.page.wait_for_function("([sel, x]) => Number(document.querySelector(sel)?.dataset.lastX) > x",
+                                    arg=['[data-testid="chart"][data-key="Losses/Total"][data-last-x]', first], timeout=2000)
         except Exception:
-            print("DEBUG", first, chart.get_attribute("data-last-x"), proc.poll(), len(history()))
+            import time
+            for i in range(6):
+                print("DEBUG", first, chart.get_attribute("data-last-x"), proc.poll(), len(history()), self.page.evaluate("[...document.querySelectorAll('[data-testid=chart]')].map(e => e.dataset.key + '=' + e.dataset.lastX)"))
+                time.sleep(0.5)
             raise
         proc.send_signal(signal.SIGTERM)
         self.assertEqual(proc.wait(timeout=60), 143)

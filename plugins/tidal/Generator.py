@@ -137,6 +137,8 @@ class GeneratorHandle:
         return self.tokenizer.decode_single_token_bytes(token_id).decode("utf-8", errors="replace")
 
     def _controller(self, gating_mode: str, modulation: float | None, seed: int | None) -> PolicyController:
+        if gating_mode == "learned" and self.agent is None:
+            raise TidalError("gating mode 'learned' needs an RL checkpoint (--rl-checkpoint)")
         if gating_mode != "learned" and self.action_base is None and self.rl_config["RL_ACTION_MODE"] == "residual":
             # without an RL checkpoint there is no dev-chosen base decoder: fixed and random play the seed's m
             space = GatingModulator(self.rl_config)
@@ -154,12 +156,11 @@ class GeneratorHandle:
             a = (0.0 if discrete else 0.5) if modulation is None else modulation
             valid = (a == int(a) and 0 <= a < space.num_actions) if discrete else 0.0 <= a <= 1.0
             if not valid:
-                raise TidalError(f"modulation must be {f'an action index in [0, {space.num_actions})' if discrete else 'in [0, 1]'}, got {a}")
+                wanted = f"an action index in [0, {space.num_actions})" if discrete else "in [0, 1]"
+                raise TidalError(f"modulation must be {wanted}, got {a}")
             return controller(FixedGatingPolicy(a))
         if gating_mode == "random":
             return controller(RandomGatingPolicy(seed, space.num_actions if discrete else None))
-        if self.agent is None:
-            raise TidalError("gating mode 'learned' needs an RL checkpoint (--rl-checkpoint)")
         from plugins.tidal.GatingEnvironment import ObservationBuilder
 
         # as in the environment the agent was trained in: the previous action is observed scaled to [0, 1]
@@ -321,8 +322,9 @@ def main(argv=None) -> int:
                          f"parameters per token: drop {' '.join('--' + f for f in flags) or '--decoder'}")
     handle = load_generator(args.config, args.checkpoint, args.rl_checkpoint if args.gating_mode == "learned" else None,
                             resolve_device(args.device), args.rl_config)
-    result = handle.generate(args.prompt, args.max_tokens, args.decoder, {DECODER_FLAGS[f]: v for f, v in flags.items()},
-                             args.gating_mode, args.modulation, args.seed, args.num_samples)
+    params = {DECODER_FLAGS[f]: v for f, v in flags.items()}
+    result = handle.generate(args.prompt, args.max_tokens, args.decoder, params, args.gating_mode, args.modulation,
+                             args.seed, args.num_samples)
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:

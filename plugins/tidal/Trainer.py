@@ -165,7 +165,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             [{"params": [p for p in trainable if p.dim() >= 2], "weight_decay": self.config["WEIGHT_DECAY"]},
              {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}],  # no decay on biases/norms
-            lr=lr, betas=tuple(self.config["ADAM_BETAS"]), fused=self.device.type == "cuda")
+            # fused: one kernel per step instead of a dozen per tensor list; 5x faster on CPU too (ADR 0016)
+            lr=lr, betas=tuple(self.config["ADAM_BETAS"]), fused=self.device.type in ("cuda", "cpu"))
         self.n_params = count_parameters(self.raw_model)
 
     def _compile(self, model):

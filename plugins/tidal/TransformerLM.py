@@ -1,8 +1,8 @@
 """The gated Transformer language model, its KV cache and batched generation.
 
-Reads top to bottom in dependency order: rotary positions -> KVCache -> DynamicGate -> CausalSelfAttention ->
-FeedForward -> GatedTransformerBlock -> TransformerLM (and its generation loop) -> checkpoint helpers. Sampling
-filters and decoders live in Decoding.py, shared with the RL environment and the study.
+Reads top to bottom in dependency order: rotary positions -> KVCache -> PackedLinear -> DynamicGate ->
+CausalSelfAttention -> FeedForward -> GatedTransformerBlock -> TransformerLM (and its generation loop) -> checkpoint
+helpers. Sampling filters and decoders live in Decoding.py, shared with the RL environment and the study.
 Shapes: B batch, T new tokens, C cache capacity, E embedding, nh heads, hs head size, V vocabulary.
 """
 from __future__ import annotations
@@ -105,6 +105,46 @@ class KVCache:
 
 
 # ------------------------------------------------------------------------------------------- model
+class PackedLinear(nn.Linear):
+    """nn.Linear whose no-grad forward (decoding, evaluation) multiplies by a packed copy of its weights (ADR 0016).
+
+    With grad enabled (training) it is a plain nn.Linear. Without grad, per `INFERENCE_WEIGHTS`: "fp32" stores W
+    transposed (in, out), which MKL's CPU GEMV streams at memory bandwidth where the (out, in) layout reaches less
+    than half of it; "bf16" stores W in bf16 (half the bytes to stream; AVX512-BF16/AMX CPUs, tensor cores); "eager"
+    uses the trained weights as they are. The copy is rebuilt when the weights change (an optimizer step,
+    load_state_dict, .to()), which the tensors' version counters and storage pointers reveal — writes through
+    `.data` bypass the counter and are not seen."""
+
+    MODES = ("eager", "fp32", "bf16")
+
+    def __init__(self, in_features: int, out_features: int, inference_weights: str):
+        super().__init__(in_features, out_features)
+        if inference_weights not in self.MODES:
+            raise ValueError(f"INFERENCE_WEIGHTS must be one of {self.MODES}, got {inference_weights!r}")
+        self.inference_weights = inference_weights
+        self._packed: tuple | None = None  # (key, weight, bias): derived state, never in the state dict
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inference_weights == "eager" or torch.is_grad_enabled():
+            return super().forward(x)
+        weight, bias = self._packed_weights()
+        if self.inference_weights == "bf16":
+            return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+        return torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], -1)  # (N, in) @ (in, out)
+
+    def _packed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        w, b = self.weight, self.bias
+        key = (w.data_ptr(), w._version, b.data_ptr(), b._version, self.inference_weights)
+        if self._packed is None or self._packed[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode too
+                if self.inference_weights == "bf16":
+                    packed = (w.to(torch.bfloat16), b.to(torch.bfloat16))
+                else:
+                    packed = (w.t().contiguous(), b.detach())
+            self._packed = (key, *packed)
+        return self._packed[1], self._packed[2]
+
+
 class DynamicGate(nn.Module):
     """Maps the modulation signal to a per-dimension scale in (0, 1): Linear(G->32) -> GELU -> Linear(32->E) -> sigmoid."""
 
@@ -131,8 +171,9 @@ class CausalSelfAttention(nn.Module):
         if self.embed_dim % self.num_heads:
             raise ValueError("EMBED_DIM must be divisible by NUM_ATTENTION_HEADS")
         self.head_size = self.embed_dim // self.num_heads
-        self.qkv = nn.Linear(self.embed_dim, 3 * self.embed_dim)
-        self.proj = nn.Linear(self.embed_dim, self.embed_dim)
+        packing = config["INFERENCE_WEIGHTS"]
+        self.qkv = PackedLinear(self.embed_dim, 3 * self.embed_dim, packing)
+        self.proj = PackedLinear(self.embed_dim, self.embed_dim, packing)
         self.dropout = config["DROPOUT"]
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
@@ -156,8 +197,8 @@ class CausalSelfAttention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
-        self.up = nn.Linear(config["EMBED_DIM"], config["FFN_HIDDEN_DIM"])
-        self.down = nn.Linear(config["FFN_HIDDEN_DIM"], config["EMBED_DIM"])
+        self.up = PackedLinear(config["EMBED_DIM"], config["FFN_HIDDEN_DIM"], config["INFERENCE_WEIGHTS"])
+        self.down = PackedLinear(config["FFN_HIDDEN_DIM"], config["EMBED_DIM"], config["INFERENCE_WEIGHTS"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(F.gelu(self.up(x)))
@@ -191,46 +232,6 @@ class GatedTransformerBlock(nn.Module):
         return x + self.dropout(f)
 
 
-class VocabProjection(nn.Linear):
-    """The output projection E -> V, about three quarters of the weight bytes a decode step reads (ADR 0016).
-
-    With grad enabled (training) it is a plain nn.Linear. Without grad it multiplies by a packed copy of its weights,
-    per `INFERENCE_WEIGHTS`: "fp32" stores W transposed (E, V), which MKL's CPU GEMV streams at memory bandwidth
-    where the (V, E) layout reaches less than half of it; "bf16" stores W in bf16 (half the bytes, AVX512-BF16/AMX or
-    tensor cores); "eager" uses the trained weights as they are. The copy is rebuilt when the weights change (an
-    optimizer step, load_state_dict, .to()), which the tensors' version counters and storage pointers reveal."""
-
-    MODES = ("eager", "fp32", "bf16")
-
-    def __init__(self, in_features: int, out_features: int, inference_weights: str):
-        super().__init__(in_features, out_features)
-        if inference_weights not in self.MODES:
-            raise ValueError(f"INFERENCE_WEIGHTS must be one of {self.MODES}, got {inference_weights!r}")
-        self.inference_weights = inference_weights
-        self._packed: tuple | None = None  # (key, weight, bias): derived state, never in the state dict
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inference_weights == "eager" or torch.is_grad_enabled():
-            return super().forward(x)
-        weight, bias = self._packed_weights()
-        if self.inference_weights == "bf16":
-            return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
-        flat = x.reshape(-1, x.shape[-1]).to(weight.dtype)                  # (B*T, E)
-        return torch.addmm(bias, flat, weight).view(*x.shape[:-1], -1).to(x.dtype)  # (B*T, E) @ (E, V)
-
-    def _packed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        w, b = self.weight, self.bias
-        key = (w.data_ptr(), w._version, b.data_ptr(), b._version, self.inference_weights)
-        if self._packed is None or self._packed[0] != key:
-            with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode too
-                if self.inference_weights == "bf16":
-                    packed = (w.to(torch.bfloat16), b.to(torch.bfloat16))
-                else:
-                    packed = (w.t().contiguous(), b.clone())
-            self._packed = (key, *packed)
-        return self._packed[1], self._packed[2]
-
-
 class TransformerLM(nn.Module):
     EOS_CHECK_INTERVAL = 8  # generate() checks for "every row finished" every this many tokens
 
@@ -245,7 +246,7 @@ class TransformerLM(nn.Module):
         self.embedding_dropout = nn.Dropout(config["DROPOUT"])
         self.transformer_blocks = nn.ModuleList(GatedTransformerBlock(config) for _ in range(config["NUM_TRANSFORMER_BLOCKS"]))
         self.final_layer_norm = nn.LayerNorm(E)
-        self.output_projection = VocabProjection(E, vocab_size, config["INFERENCE_WEIGHTS"])  # untied (SPEC §3)
+        self.output_projection = PackedLinear(E, vocab_size, config["INFERENCE_WEIGHTS"])  # untied (SPEC §3)
         hs = E // config["NUM_ATTENTION_HEADS"]
         inv_freq = 1.0 / (config["ROPE_THETA"] ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # derived, so not part of checkpoints

@@ -140,7 +140,8 @@ class GenerationService:
             refused = (["decoder"] if req.decoder is not None else []) + list(given)
             if refused:
                 raise FieldError(f"body.{refused[0]}", f"gatingMode {gating_mode!r} decodes with its controller, "
-                                                       "which sets the sampling parameters per token; use gatingMode none")
+                                                       "which sets the sampling parameters per token; use "
+                                                       "gatingMode none")
             return None, {}
         name = req.decoder or "plain"
         spec = g.decoder(name)

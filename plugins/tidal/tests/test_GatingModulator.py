@@ -1,106 +1,98 @@
+"""Action spaces: the seed's single modulation m (configurable ends, min-p and no penalty reachable, a penalty
+window) and the residual grid around a base decoder (action 0 = the base); the baseline policies."""
 import unittest
 
 import torch
 
-from plugins.tidal.GatingModulator import (FixedGatingPolicy, GatingEffects, GatingModulator, NeutralGatingPolicy,
-                                           RandomGatingPolicy, effects_dict)
+from plugins.tidal.GatingModulator import (FixedGatingPolicy, GatingModulator, RandomGatingPolicy,
+                                           ResidualActionSpace, make_action_space)
 from tests.support import rl_config
 
+MAPPING = dict(RL_BASE_TEMPERATURE=1.0, RL_MODULATION_TEMP_MIN=0.3, RL_MODULATION_TEMP_MAX=2.0,
+               RL_BASE_REPETITION_PENALTY=1.0, RL_MODULATION_PENALTY_MIN=1.0, RL_MODULATION_PENALTY_MAX=1.5,
+               RL_MODULATION_TOP_K_MIN=5, RL_MODULATION_TOP_K_MAX=100, RL_MODULATION_TOP_P_MIN=0.7,
+               RL_MODULATION_TOP_P_MAX=1.0, RL_MODULATION_MIN_P_MIN=0.2, RL_MODULATION_MIN_P_MAX=0.0,
+               RL_REPETITION_PENALTY_WINDOW=16)
 
 
-class TestModulatorValues(unittest.TestCase):
-    """The SPEC §7 mapping at the end points and the middle, with the shipped defaults."""
-
+class TestGatingModulator(unittest.TestCase):
     def setUp(self):
-        self.effects = GatingModulator(rl_config())(torch.tensor([0.0, 0.5, 1.0]))
+        self.modulator = GatingModulator(rl_config(**MAPPING))
 
-    def test_temperature_is_0_3_then_1_15_then_2_0(self):
-        torch.testing.assert_close(self.effects.temperature, torch.tensor([0.3, 1.15, 2.0]))
+    def test_each_parameter_is_a_linear_map_of_m_between_its_ends(self):
+        p = self.modulator(torch.tensor([0.0, 0.5, 1.0]))
+        torch.testing.assert_close(p.temperature, torch.tensor([0.3, 1.15, 2.0]))
+        torch.testing.assert_close(p.repetition_penalty, torch.tensor([1.0, 1.25, 1.5]))
+        self.assertEqual(p.top_k.tolist(), [5, 52, 100])  # 52.5 rounds half to even
+        torch.testing.assert_close(p.top_p, torch.tensor([0.7, 0.85, 1.0]))
+        torch.testing.assert_close(p.min_p, torch.tensor([0.2, 0.1, 0.0]))
+        self.assertEqual(p.penalty_window, 16)
 
-    def test_repetition_penalty_is_1_2_then_2_7_then_4_2(self):
-        torch.testing.assert_close(self.effects.repetition_penalty, torch.tensor([1.2, 2.7, 4.2]))
+    def test_no_penalty_and_min_p_truncation_are_reachable(self):
+        p = self.modulator(torch.tensor([0.0]))
+        self.assertEqual(float(p.repetition_penalty[0]), 1.0)
+        self.assertGreater(float(p.min_p[0]), 0.0)
 
-    def test_top_k_rounds_half_to_even_so_m_half_gives_52(self):
-        # 5 + 0.5 * 95 = 52.5; torch.round rounds half to even -> 52.
-        self.assertEqual(self.effects.top_k.tolist(), [5, 52, 100])
-        self.assertEqual(self.effects.top_k.dtype, torch.long)
-
-    def test_top_p_is_0_7_then_0_85_then_1_0(self):
-        torch.testing.assert_close(self.effects.top_p, torch.tensor([0.7, 0.85, 1.0]))
-
-    def test_base_values_scale_temperature_and_penalty(self):
-        effects = GatingModulator(rl_config(RL_BASE_TEMPERATURE=2.0, RL_BASE_REPETITION_PENALTY=2.0))(
-            torch.tensor([0.0]))
-        self.assertAlmostEqual(effects.temperature.item(), 0.6, places=6)
-        self.assertAlmostEqual(effects.repetition_penalty.item(), 2.0, places=6)
-
-
-class TestModulatorShapeAndRange(unittest.TestCase):
-    def setUp(self):
-        self.modulator = GatingModulator(rl_config())
-
-    def test_all_four_parameters_rise_monotonically_with_m(self):
-        m = torch.linspace(0, 1, 101)
-        effects = self.modulator(m)
-        for name in ("temperature", "repetition_penalty", "top_k", "top_p"):
-            values = getattr(effects, name)
-            self.assertTrue(bool((values[1:] >= values[:-1]).all()), name)
-            self.assertGreater(values[-1].item(), values[0].item(), name)
-
-    def test_column_input_gives_flat_batch_outputs(self):
-        effects = self.modulator(torch.rand(7, 1))
-        self.assertIsInstance(effects, GatingEffects)
-        for name in ("temperature", "repetition_penalty", "top_k", "top_p"):
-            self.assertEqual(getattr(effects, name).shape, (7,), name)
-
-    def test_m_outside_unit_interval_is_clamped(self):
-        effects = self.modulator(torch.tensor([-0.5, 1.5]))
-        self.assertEqual(effects.top_k.tolist(), [5, 100])
-        torch.testing.assert_close(effects.temperature, torch.tensor([0.3, 2.0]))
-
-    def test_bad_shape_is_rejected(self):
+    def test_column_input_clamping_and_bad_shapes(self):
+        p = self.modulator(torch.tensor([[-1.0], [2.0]]))
+        torch.testing.assert_close(p.temperature, torch.tensor([0.3, 2.0]))
         with self.assertRaises(ValueError):
-            self.modulator(torch.rand(3, 2))
+            self.modulator(torch.zeros(2, 2))
 
-    def test_effects_dict_gives_python_numbers_for_one_row(self):
-        effects = self.modulator(torch.tensor([0.0, 1.0]))
-        row = effects_dict(effects, 1)
-        self.assertEqual(set(row), {"temperature", "repetition_penalty", "top_k", "top_p"})
-        self.assertIsInstance(row["top_k"], int)
-        self.assertEqual(row["top_k"], 100)
-        for name in ("temperature", "repetition_penalty", "top_p"):
-            self.assertIsInstance(row[name], float)
-        self.assertAlmostEqual(row["temperature"], 2.0, places=6)
-        self.assertEqual(GatingModulator.effects_dict(effects, 0)["top_k"], 5)
+    def test_row_gives_python_numbers(self):
+        row = self.modulator(torch.tensor([0.5])).row(0)
+        self.assertEqual(row["top_k"], 52)
+        self.assertIsInstance(row["temperature"], float)
+
+
+class TestResidualActionSpace(unittest.TestCase):
+    def setUp(self):
+        self.config = rl_config(RL_RESIDUAL_TEMPERATURE_FACTORS=[1.0, 0.7, 1.3], RL_RESIDUAL_MIN_P_FACTORS=[1.0, 2.0],
+                                RL_RESIDUAL_PENALTIES=[1.0, 1.3], RL_REPETITION_PENALTY_WINDOW=8)
+        self.space = ResidualActionSpace(self.config, {"temperature": 0.9, "min_p": 0.1})
+
+    def test_action_zero_is_the_base_decoder(self):
+        row = self.space(torch.tensor([0.0])).row(0)
+        expected = {"temperature": 0.9, "top_k": 0, "top_p": 1.0, "min_p": 0.1, "repetition_penalty": 1.0}
+        self.assertEqual(set(row), set(expected))
+        for key, value in expected.items():
+            self.assertAlmostEqual(row[key], value, places=6, msg=key)
+
+    def test_every_combination_is_one_action(self):
+        self.assertEqual(self.space.num_actions, 3 * 2 * 2)
+        p = self.space(torch.arange(12).float())
+        combos = {(round(float(t), 4), round(float(m), 4), round(float(r), 4))
+                  for t, m, r in zip(p.temperature, p.min_p, p.repetition_penalty)}
+        self.assertEqual(len(combos), 12)
+        self.assertEqual(self.space.constant_actions(), [float(a) for a in range(12)])
+
+    def test_the_first_factor_must_be_one(self):
+        with self.assertRaisesRegex(ValueError, "action 0 is the base"):
+            ResidualActionSpace({**self.config, "RL_RESIDUAL_PENALTIES": [1.3, 1.0]}, {"temperature": 1.0})
+
+    def test_make_action_space_follows_the_mode(self):
+        self.assertIsInstance(make_action_space(rl_config(RL_ACTION_MODE="modulation")), GatingModulator)
+        with self.assertRaisesRegex(ValueError, "base decoder"):
+            make_action_space(rl_config(RL_ACTION_MODE="residual"))
+        with self.assertRaisesRegex(ValueError, "RL_ACTION_MODE"):
+            make_action_space(rl_config(RL_ACTION_MODE="nope"))
 
 
 class TestBaselinePolicies(unittest.TestCase):
-    obs = torch.zeros(6, 64)
-
-    def test_random_policy_is_uniform_per_row_and_reproducible_by_seed(self):
-        a = RandomGatingPolicy(seed=3).act(self.obs)
-        b = RandomGatingPolicy(seed=3).act(self.obs)
-        self.assertEqual(a.shape, (6,))
-        self.assertTrue(bool(((a >= 0) & (a <= 1)).all()))
-        torch.testing.assert_close(a, b)
-        self.assertGreater(a.unique().numel(), 1)
-
-    def test_random_policy_uses_its_own_generator_not_the_global_one(self):
+    def test_random_policy_is_reproducible_by_seed_and_leaves_the_global_rng_alone(self):
+        obs = torch.zeros(1000, 64)
         torch.manual_seed(0)
         before = torch.rand(1)
         torch.manual_seed(0)
-        RandomGatingPolicy(seed=1).act(self.obs)
+        a = RandomGatingPolicy(seed=3).act(obs)
         self.assertEqual(torch.rand(1).item(), before.item())
+        self.assertTrue(torch.equal(a, RandomGatingPolicy(seed=3).act(obs)))
+        self.assertAlmostEqual(float(a.mean()), 0.5, delta=0.05)
+        index = RandomGatingPolicy(seed=3, num_actions=4).act(obs)
+        self.assertEqual(sorted(set(index.tolist())), [0.0, 1.0, 2.0, 3.0])
 
     def test_fixed_policy_returns_its_constant(self):
-        torch.testing.assert_close(FixedGatingPolicy(0.7).act(self.obs), torch.full((6,), 0.7))
-
-    def test_fixed_policy_rejects_m_outside_unit_interval(self):
-        with self.assertRaises(ValueError):
-            FixedGatingPolicy(1.2)
-
-    def test_neutral_policy_is_one_half(self):
-        torch.testing.assert_close(NeutralGatingPolicy().act(self.obs, deterministic=True), torch.full((6,), 0.5))
+        self.assertEqual(FixedGatingPolicy(7).act(torch.zeros(3, 64)).tolist(), [7.0] * 3)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,14 @@ from plugins.tidal.TransformerLM import TransformerLM, model_state_dict, read_ch
 from plugins.tidal.Utils import PROJECT_ROOT
 from tests.support import PYTHON, TempDirTestCase, rl_config, run_python, tiny_config, wait_for
 
-TINY_RL = dict(RL_NUM_ENVS=2, RL_ROLLOUT_STEPS=8, RL_MAX_EPISODE_LENGTH=6, RL_BATCH_SIZE=16, RL_NUM_PROMPTS=8,
-               RL_ABLATION_NUM_PROMPTS=2, RL_ABLATION_SEEDS=[0], RL_ABLATION_GRID_POINTS=2,
-               RL_ABLATION_BOOTSTRAP_SAMPLES=20, RL_BIGRAM_STORIES=10, RL_CHECKPOINT_INTERVAL=1,
-               RL_TOTAL_TIMESTEPS=32)
+TINY_RL = dict(RL_NUM_ENVS=2, RL_SAMPLES_PER_PROMPT=2, RL_ROLLOUT_STEPS=8, RL_MAX_EPISODE_LENGTH=6,
+               RL_BATCH_SIZE=16, RL_NUM_PROMPTS=8, RL_DEV_PROMPTS=3, RL_ABLATION_NUM_PROMPTS=3, RL_STUDY_BATCH=6,
+               RL_PROMPT_MIN_LENGTH=12, RL_PROMPT_MAX_LENGTH=16, RL_ABLATION_BOOTSTRAP_SAMPLES=20,
+               RL_JUDGE_STORIES=50, RL_CHECKPOINT_INTERVAL=1, RL_TOTAL_TIMESTEPS=32, RL_SEEDS=[42],
+               RL_STUDY_TEMPERATURES=[0.7, 1.0], RL_STUDY_GRID_TEMPERATURES=[1.0], RL_STUDY_TOP_PS=[0.8],
+               RL_STUDY_TOP_KS=[20], RL_STUDY_MIN_PS=[0.1], RL_STUDY_MIROSTAT_TAU_FACTORS=[1.0],
+               RL_STUDY_EDT_T0S=[1.0], RL_STUDY_EDT_THETAS=[1.0], RL_RESIDUAL_TEMPERATURE_FACTORS=[1.0, 0.7],
+               RL_RESIDUAL_MIN_P_FACTORS=[1.0], RL_RESIDUAL_PENALTIES=[1.0, 1.3], RL_NUM_ACTIONS=4)
 
 
 class TrainRLTestCase(TempDirTestCase):
@@ -54,14 +58,29 @@ class TestTrainRL(TrainRLTestCase):
         state = read_checkpoint(exp / "rl_checkpoint_final.pth")
         self.assertEqual(state["global_step"], 32)
         history = json.loads((exp / "rl_metrics/rl_training_metrics.json").read_text())["history"]
+        self.assertEqual(state["lm_checkpoint"], str(self.checkpoint))
+        self.assertEqual(set(state["action_base"]), {"temperature", "min_p", "top_k", "top_p"})
         for key in ("episode_rewards", "policy_loss", "value_loss", "entropy", "entropy_coef", "gate_modulation",
-                    "explained_variance", "reward_perplexity", "reward_diversity", "reward_sampling",
-                    "reward_repetition", "reward_coherence", "approx_kl", "clip_fraction"):
+                    "explained_variance", "reward_quality", "reward_repetition", "reward_overlap", "approx_kl",
+                    "clip_fraction"):
             self.assertEqual(len(history[key]), 2, key)
-        ablation = json.loads((exp / "ablation_results.json").read_text())
-        self.assertIn("learned_deterministic", ablation["policies"])
-        self.assertIn("learned_vs_best_constant", proc.stdout + json.dumps(ablation))
-        self.assertIn("mirostat_v2", proc.stdout)
+        study = json.loads((exp / "ablation_results.json").read_text())
+        self.assertEqual([p["name"] for p in study["learned"]], ["learned (RL seed 42)"])
+        self.assertIn("mirostat", study["families"])
+        self.assertIn("verdict:", proc.stdout)
+        self.assertIn("human continuation", proc.stdout)
+
+    def test_a_study_added_to_a_finished_run_lands_in_that_run(self):
+        first = run_python(*self.args(), env=self.env, timeout=300)
+        self.assertEqual(first.returncode, 0, first.stderr[-3000:])
+        exp = self.experiment()
+        (exp / "ablation_results.json").unlink()
+        again = run_python(*self.args("--resume", str(exp / "rl_checkpoint_final.pth"), "--ablation"), env=self.env,
+                           timeout=300)
+        self.assertEqual(again.returncode, 0, again.stderr[-3000:])
+        self.assertEqual([exp], list((self.tmp / "experiments").iterdir()))  # no new, chartless experiment
+        self.assertTrue((exp / "ablation_results.json").is_file())
+        self.assertEqual(read_checkpoint(exp / "rl_checkpoint_final.pth")["global_step"], 32)  # not retrained
 
     def test_sigterm_saves_an_interrupted_checkpoint_that_resumes(self):
         self.rl_config.write_text(yaml.safe_dump(rl_config(**{**TINY_RL, "RL_TOTAL_TIMESTEPS": 10 ** 7})))
