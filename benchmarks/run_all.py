@@ -62,6 +62,12 @@ def table() -> str:
             target = f"≥ {r['target']}×" if r["target"] else "—"
             rows.append(f"| {r['what']} | {fmt(r['tidal_tok_s'])} tok/s | {r['reference']}: "
                         f"{fmt(r['reference_tok_s'])} tok/s | **{r['ratio']:.2f}×** | {target} |")
+        for r in model["rows"]:
+            if "roofline" in r:
+                f = r["roofline"]
+                rows.append(f"| Roofline, {r['what']}: {f['weight_bytes_per_token'] / 2 ** 20:.1f} MiB of weights per "
+                            f"token × tokens/s | {f['bytes_per_s'] / 1e9:.1f} GB/s | measured copy bandwidth: "
+                            f"{f['copy_bandwidth'] / 1e9:.1f} GB/s | **{f['percent']:.0f} %** | — |")
     rl = load("bench_rl.json")
     if rl:
         for r in rl["rows"]:

@@ -107,9 +107,8 @@ def write_rl_experiment(root, experiment_id: str, source: str, iterations: int =
     for it in range(1, iterations + 1):
         logger.log_rl_metrics({"episode_rewards": 1.0 + it / 100, "policy_loss": -0.01, "value_loss": 0.1 / it,
                                "entropy": -0.1, "entropy_coef": 0.01, "gate_modulation": 0.5 - it / 200,
-                               "explained_variance": it / iterations, "reward_perplexity": -0.6,
-                               "reward_diversity": 0.6, "reward_sampling": 0.6, "reward_repetition": 0.0,
-                               "reward_coherence": 0.3}, it * 1024)
+                               "explained_variance": it / iterations, "reward_quality": -0.6,
+                               "reward_repetition": 0.1, "reward_overlap": 0.3}, it * 1024)
     logger.finalize("completed")
     (exp_dir / "rl_checkpoint_final.pth").write_bytes(b"not loaded by these tests")
 

@@ -58,8 +58,10 @@ class LiveCliRunTest(LiveDashboardTestCase):
                                                      NUM_EPOCHS=100)))
         env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
         env.update(EXPERIMENTS_DIR=str(self.root), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        proc = subprocess.Popen([PYTHON, "-m", "plugins.tidal.Main", "--config", str(config), "--max-steps", "100000"],
-                                cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.log = self.tmp / "cli-run.log"  # a file, not a pipe: nobody reads the trainer's output while it runs
+        with open(self.log, "wb") as log:
+            proc = subprocess.Popen([PYTHON, "-m", "plugins.tidal.Main", "--config", str(config), "--max-steps",
+                                     "100000"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait()))
         return proc
 
@@ -70,21 +72,15 @@ class LiveCliRunTest(LiveDashboardTestCase):
         history = lambda: new_run() and read_jsonl(new_run() / "dashboard_metrics" / "metrics.jsonl")
         wait_for(lambda: proc.poll() is not None or history(), timeout=120, interval=0.1,
                  message="the CLI run's first metrics")
-        self.assertIsNone(proc.poll(), proc.stderr.read() if proc.stderr else "")
+        self.assertIsNone(proc.poll(), self.log.read_text()[-3000:] if proc.poll() is not None else "")
         self.page.goto(f"{self.server.url}/#/exp/{new_run().name}")
         chart = self.page.locator('[data-testid="chart"][data-key="Losses/Total"][data-last-x]').first
         chart.wait_for(state="attached")
         first = int(chart.get_attribute("data-last-x"))
         # only the live stream moves a chart (no polling): the trainer must be publishing to the dashboard's Redis
-        try:
-            self.page.wait_for_function("([sel, x]) => Number(document.querySelector(sel)?.dataset.lastX) > x",
-                                    arg=['[data-testid="chart"][data-key="Losses/Total"][data-last-x]', first], timeout=2000)
-        except Exception:
-            import time
-            for i in range(6):
-                print("DEBUG", first, chart.get_attribute("data-last-x"), proc.poll(), len(history()), self.page.evaluate("[...document.querySelectorAll('[data-testid=chart]')].map(e => e.dataset.key + '=' + e.dataset.lastX)"))
-                time.sleep(0.5)
-            raise
+        self.page.wait_for_function("([sel, x]) => Number(document.querySelector(sel)?.dataset.lastX) > x",
+                                    arg=['[data-testid="chart"][data-key="Losses/Total"][data-last-x]', first],
+                                    timeout=2000)
         proc.send_signal(signal.SIGTERM)
         self.assertEqual(proc.wait(timeout=60), 143)
         self.assertEqual(self.errors.messages, [])

@@ -162,6 +162,25 @@ class JobsApiTest(RedisTestCase):
         r = self.http.get("/api/jobs/job-doesnotexist")
         self.assertEqual((r.status_code, r.json()["error"]), (404, "job not found: job-doesnotexist"))
 
+    def test_config_overrides_with_an_unknown_key_are_refused_naming_the_closest_key(self):
+        for overrides, field, hint in (({"NOT_A_KEY": 3}, "body.overrides.NOT_A_KEY", "did you mean"),
+                                       ({"BATCH_SIZ": 8}, "body.overrides.BATCH_SIZ", "did you mean BATCH_SIZE?"),
+                                       ({"LEARNING_RATE_SCHEDULER.BASE_RL": 1e-3},
+                                        "body.overrides.LEARNING_RATE_SCHEDULER.BASE_RL",
+                                        "did you mean LEARNING_RATE_SCHEDULER.BASE_LR?"),
+                                       ({"BATCH_SIZE": "eight"}, "body.overrides.BATCH_SIZE", "integer")):
+            with self.subTest(overrides=overrides):
+                (problem,) = self.create(expect=422, overrides=overrides)["detail"]
+                self.assertEqual(problem["field"], field)
+                self.assertIn(hint, problem["message"])
+        self.assertEqual(self.http.get("/api/jobs").json()["jobs"], [])
+        job = self.create(overrides={"BATCH_SIZE": 16, "LEARNING_RATE_SCHEDULER.BASE_LR": 3e-4})["job"]
+        self.assertEqual(job["config"]["overrides"], {"BATCH_SIZE": 16, "LEARNING_RATE_SCHEDULER.BASE_LR": 3e-4})
+        r = self.http.post("/api/jobs", headers=auth_headers(), json={
+            "type": "rl-training", "configPath": "configs/base_config.yaml", "rlConfigPath": "configs/rl_config.yaml",
+            "checkpoint": "experiments/x/y.pth", "overrides": {"RL_SEED": 1}, "provider": "remote"})
+        self.assertEqual(r.status_code, 422, r.text)  # RL jobs take no overrides (yet): said, not ignored
+
     def test_concurrency_conflict_is_409_and_other_types_are_independent(self):
         first = self.create()["job"]
         body = self.create(expect=409)

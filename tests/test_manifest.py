@@ -29,6 +29,8 @@ class ShippedManifestTest(unittest.TestCase):
         self.assertEqual(lm.build_args({"config": "c.yaml"}), ["--config", "c.yaml"])
         self.assertEqual(lm.build_args({"config": "c.yaml", "resume": "d", "maxSteps": 3}),
                          ["--config", "c.yaml", "--resume", "d", "--max-steps", "3"])
+        self.assertEqual(lm.build_args({"config": "c.yaml", "overrides": {"BATCH_SIZE": 8, "S.LR": 1e-3, "D": "x y"}}),
+                         ["--config", "c.yaml", "--set", "BATCH_SIZE=8", "--set", "S.LR=0.001", "--set", 'D="x y"'])
         rl = self.manifest.phase("rl-training")
         self.assertEqual(rl.build_args({"config": "a", "rlConfig": "b", "checkpoint": "c", "timesteps": 5000}),
                          ["--config", "a", "--rl-config", "b", "--checkpoint", "c", "--timesteps", "5000"])

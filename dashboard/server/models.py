@@ -200,6 +200,7 @@ class JobConfig(BaseModel):
     resumeExpDir: str | None = None
     timesteps: int | None = None
     maxSteps: int | None = None
+    overrides: dict[str, Any] | None = None
 
 
 class Job(Response):
@@ -233,6 +234,9 @@ class CreateJobRequest(Request):
     resumeExpDir: PathStr | None = None
     timesteps: int | None = Field(default=None, ge=1, le=10**9, strict=True)
     maxSteps: int | None = Field(default=None, ge=1, le=10**9, strict=True)
+    overrides: dict[Annotated[str, StringConstraints(max_length=200)], Any] | None = Field(
+        default=None, max_length=64, description="config values to change, `KEY` or `SECTION.KEY` -> value (as the "
+                                                 "CLI's --set); a key the config does not have is a 422 naming it")
     provider: Literal["local", "remote"] | None = None
 
 

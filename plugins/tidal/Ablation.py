@@ -150,7 +150,8 @@ class Player:
         K, n = self.group_size, len(prompts) * self.group_size
         env = GatingEnvironment(self.model, self.action_space, self.reward_computer, prompts, self.rl_config,
                                 num_envs=n, device=self.device, seed=seed, env_offset=offset, decoder=decoder,
-                                use_gates=self.use_gates, sequential_prompts=True, samples_per_prompt=K)
+                                use_gates=self.use_gates, sequential_prompts=True, samples_per_prompt=K,
+                                observations=policy is not None and not isinstance(policy, FixedGatingPolicy))
         obs = env.reset()
         oracle = OraclePolicy(env, oracle_actions, oracle_lambda) if oracle_actions is not None else None
         generated = [[] for _ in range(n)]
@@ -221,7 +222,7 @@ def tune_on_dev(player: Player, dev: PromptSet, eval_judge, rl_config: dict, fam
     grids = family_grids(rl_config, ce_bits, player.action_space)
     grids = {f: g for f, g in grids.items() if families is None or f in families}
     bootstrap = int(rl_config["RL_ABLATION_BOOTSTRAP_SAMPLES"])
-    swept, factories = {}, {}
+    swept, factories, arrays = {}, {}, {}
     total = sum(len(g) for g in grids.values())
     bar = tqdm(total=total, desc="study: dev sweep", unit="decoder", disable=not progress, dynamic_ncols=True)
     for family, grid in grids.items():
@@ -230,12 +231,33 @@ def tune_on_dev(player: Player, dev: PromptSet, eval_judge, rl_config: dict, fam
             name = f"{family} {_label(params)}"
             policy = FixedGatingPolicy(params["action"]) if family == "constant_action" else None
             samples = player.play(dev.prompts, 0, factory, policy)
-            point, _ = make_point(name, family, params, dev.prompts, samples, eval_judge, bootstrap)
+            point, arrays[name] = make_point(name, family, params, dev.prompts, samples, eval_judge, bootstrap)
             swept[family].append(point)
             factories[name] = (factory, policy)
             bar.update(1)
     bar.close()
-    return {"ce_bits": ce_bits, "families": swept, "factories": factories}
+    return {"ce_bits": ce_bits, "families": swept, "factories": factories, "arrays": arrays}
+
+
+def merge_tuning(dev: dict, more: dict) -> dict:
+    """`dev` with the families, factories and arrays of a second sweep added (e.g. the action space's constants)."""
+    for key in ("families", "factories", "arrays"):
+        dev[key].update(more[key])
+    return dev
+
+
+def oracle_check(player: Player, dev: PromptSet, eval_judge, rl_config: dict, dev_tuning: dict,
+                 lagrange_multiplier: float = 0.0) -> dict:
+    """Before any PPO: the per-token oracle over the action space on the dev prompts, against every fixed family's
+    dev frontier on the held-out measures. If even the oracle cannot clear the frontier, the training reward (not
+    the optimiser) is what needs changing — the caller says so."""
+    actions = player.action_space.constant_actions(int(rl_config["RL_STUDY_CONSTANT_POINTS"]))
+    samples = player.play(dev.prompts, 0, oracle_actions=actions, oracle_lambda=lagrange_multiplier)
+    bootstrap = int(rl_config["RL_ABLATION_BOOTSTRAP_SAMPLES"])
+    point, arrays = make_point("per-token oracle (dev)", "oracle", {"actions": len(actions)}, dev.prompts, samples,
+                               eval_judge, bootstrap)
+    families = {f: [dev_tuning["arrays"][p["name"]] for p in points] for f, points in dev_tuning["families"].items()}
+    return {"point": point, **frontier_gap(arrays, families, bootstrap, BOOTSTRAP_SEED, CI_LEVEL)}
 
 
 def residual_base(dev_families: dict) -> dict:
@@ -253,7 +275,7 @@ def _label(params: dict) -> str:
 def run_study(player: Player, sets: dict[str, PromptSet], eval_judge, rl_config: dict, dev_tuning: dict,
               agents: list[tuple[str, object]] = (), oracle_lambda: float = 0.0, protocol: str = "demo",
               experiment_dir: str | Path | None = None, judge_provenance: dict | None = None,
-              progress: bool = True) -> dict:
+              oracle_dev: dict | None = None, progress: bool = True) -> dict:
     """Replay each family's dev frontier on test, measure the learned agents, the oracle and the human
     continuations, and give the verdict. Writes `experiment_dir/ablation_results.json` when a directory is given."""
     test = sets["test"]
@@ -305,7 +327,8 @@ def run_study(player: Player, sets: dict[str, PromptSet], eval_judge, rl_config:
                 "metrics": {k: float(np.mean([p["metrics"][k] for p in learned])) for k in learned[0]["metrics"]}})
         verdict = frontier_gap(mean_arrays, family_arrays, bootstrap, BOOTSTRAP_SEED, CI_LEVEL)
     oracle_gap = frontier_gap(oracle_arrays, family_arrays, bootstrap, BOOTSTRAP_SEED, CI_LEVEL)
-    verdict.update(oracle_gap=oracle_gap["gap"], oracle_ci=oracle_gap["ci"], oracle_verdict=oracle_gap["verdict"])
+    verdict.update(oracle_gap=oracle_gap["gap"], oracle_ci=oracle_gap["ci"], oracle_verdict=oracle_gap["verdict"],
+                   oracle_best_family=oracle_gap["best_family"], oracle_at_diversity=oracle_gap["at_diversity"])
     verdict["text"] = _verdict_text(verdict, len(agents))
     results = {
         "protocol": {
@@ -323,22 +346,30 @@ def run_study(player: Player, sets: dict[str, PromptSet], eval_judge, rl_config:
         "families": families,
         "frontier": {f: [[p["diversity"], p["judge_nll"]] for p in sorted(v["test"], key=lambda p: p["diversity"] or 0)]
                      for f, v in families.items()},
-        "learned": learned, "oracle": oracle, "human": human, "verdict": verdict, "timestamp": time.time(),
+        "learned": learned, "oracle": oracle, "human": human, "verdict": verdict,
+        "oracle_check_dev": None if oracle_dev is None else
+        {k: oracle_dev[k] for k in ("point", "gap", "ci", "best_family", "at_diversity", "verdict")},
+        "timestamp": time.time(),
     }
     if experiment_dir is not None:
         atomic_write_json(Path(experiment_dir) / RESULTS_FILE, results)
     return results
 
 
+def gap_text(who: str, g: dict) -> str:
+    """One sentence for a `frontier_gap` result."""
+    if g.get("gap") is None:
+        return f"{who}: {g['verdict']}."
+    return (f"{who} − the best interpolated fixed decoder ({g['best_family']}) at diversity {g['at_diversity']:.3f} "
+            f"= {g['gap']:+.3f} [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}] in −judge NLL (nats/token): {g['verdict']}.")
+
+
 def _verdict_text(v: dict, seeds: int) -> str:
-    oracle = "" if v.get("oracle_gap") is None else (
-        f" The per-token oracle's gap to the frontier is {v['oracle_gap']:+.3f} "
-        f"[{v['oracle_ci'][0]:+.3f}, {v['oracle_ci'][1]:+.3f}] (−NLL, nats/token).")
-    if v.get("gap") is None:
-        return f"{v['verdict']}.{oracle}"
-    return (f"{v['verdict']}: learned ({seeds} RL seed{'s' if seeds != 1 else ''}) − best interpolated fixed "
-            f"decoder ({v['best_family']}) at diversity {v['at_diversity']:.3f} = {v['gap']:+.3f} "
-            f"[{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}] in −judge NLL (nats/token).{oracle}")
+    oracle = gap_text(" The per-token oracle", {"gap": v["oracle_gap"], "ci": v["oracle_ci"], "verdict":
+                                                 v["oracle_verdict"], "best_family": v.get("oracle_best_family"),
+                                                 "at_diversity": v.get("oracle_at_diversity")})
+    learned = f"learned ({seeds} RL seed{'s' if seeds != 1 else ''})"
+    return (gap_text(learned, v) if v.get("gap") is not None else f"{v['verdict']}.") + oracle
 
 
 # ------------------------------------------------------------------------------------------- the table

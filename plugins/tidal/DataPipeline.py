@@ -2,7 +2,7 @@
 
 Reads top to bottom in dependency order:
   tokenizer (offline, hash-checked)  ->  TinyTales (`builtin:tinytales`)  ->  load_stories (every source, one split
-  rule)  ->  token cache (uint16 file + JSON sidecar, ADR 0003)  ->  TokenDataset (chunked view)  ->  prompt helpers.
+  rule)  ->  token cache (uint16 file + JSON sidecar, ADR 0003)  ->  TokenDataset (chunked view). The study's prompt sets live in StudyData.py.
 """
 from __future__ import annotations
 
@@ -1054,28 +1054,3 @@ class TokenDataset(Dataset):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._map()
-
-
-# =============================================================================================== prompts
-def load_prompt_starts(config: dict, split: str = "validation", count: int = 256, min_len: int = 3,
-                       max_len: int = 10, seed: int = 0) -> list[list[int]]:
-    """The first k tokens (k uniform in [min_len, max_len]) of `count` distinct stories of the split, chosen and
-    cut deterministically by `seed`. Stories shorter than min_len tokens are skipped; when the split has fewer
-    usable stories than `count`, they are reused in the same order (with fresh lengths)."""
-    if not 1 <= min_len <= max_len:
-        raise ValueError(f"need 1 <= min_len <= max_len, got {min_len}, {max_len}")
-    stories = load_stories(config, split)
-    rng = np.random.default_rng(seed)
-    usable: list[list[int]] = []
-    for i in rng.permutation(len(stories)).tolist():
-        ids = encode_prompt(stories[i])
-        if len(ids) >= min_len:
-            usable.append(ids)
-            if len(usable) == count:
-                break
-    if not usable:
-        raise TidalError(f"no story in the {split} split has at least {min_len} tokens")
-    if len(usable) < count:
-        log.info("only %d usable %s stories for %d prompt starts; reusing them", len(usable), split, count)
-    lengths = rng.integers(min_len, max_len + 1, size=count).tolist()
-    return [usable[j % len(usable)][:k] for j, k in enumerate(lengths)]

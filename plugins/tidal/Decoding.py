@@ -22,6 +22,7 @@ import torch
 
 LN2 = math.log(2.0)
 DECODERS = ("plain", "greedy", "min_p", "mirostat", "edt")
+NUCLEUS_CANDIDATES = (64, 1024)
 
 
 # ------------------------------------------------------------------------------------------- parameters
@@ -131,12 +132,23 @@ def filter_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min
         kth = logits.topk(int(k.max()), dim=-1).values.gather(1, (k - 1).unsqueeze(1))  # (B, 1)
         return logits.masked_fill(logits < kth, float("-inf"))
     kmax = int(k.max())
-    values, indices = logits.topk(kmax, dim=-1)  # (B, kmax) sorted descending; one sort serves top-k and top-p
-    values = values.masked_fill(torch.arange(kmax, device=logits.device) >= k.unsqueeze(1), float("-inf"))
-    probs = values.softmax(dim=-1)
+    # A nucleus over the whole vocabulary needs no full sort when the top c tokens already hold mass p: the cut is then
+    # among them (exact). Try c = 64, then 1024 (a partial sort costs ~c/V of a full one), then sort everything.
+    whole = (k >= V).unsqueeze(1)  # these rows renormalise over the whole (min-p-filtered) vocabulary
+    for candidates in [c for c in NUCLEUS_CANDIDATES if c < kmax] + [kmax]:
+        if candidates == V:
+            values, indices = logits.sort(dim=-1, descending=True)  # a sort beats topk(V) on CPU
+        else:
+            values, indices = logits.topk(candidates, dim=-1)  # (B, c) sorted descending: serves top-k and top-p
+        values = values.masked_fill(torch.arange(candidates, device=logits.device) >= k.unsqueeze(1), float("-inf"))
+        norm = torch.where(whole, logits.logsumexp(dim=-1, keepdim=True), values.logsumexp(dim=-1, keepdim=True))
+        probs = (values - norm).exp()
+        if candidates == kmax or bool(((probs.sum(dim=-1) >= p) | ~use_p).all()):
+            break
     mass_before = probs.cumsum(dim=-1) - probs
     values = values.masked_fill(use_p.unsqueeze(1) & (mass_before >= p.unsqueeze(1)), float("-inf"))
-    return torch.full_like(logits, float("-inf")).scatter_(1, indices, values)
+    kept = torch.full_like(logits, float("-inf")).scatter(1, indices, values)
+    return torch.where(whole & ~use_p.unsqueeze(1), logits, kept)  # rows with neither filter keep everything
 
 
 def _top_k_only(logits: torch.Tensor, t: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:

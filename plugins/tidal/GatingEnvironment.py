@@ -63,6 +63,8 @@ class ObservationBuilder:
         self.projection = torch.randn(E, HIDDEN_FEATURES, generator=generator) / math.sqrt(E)
         self.boundary = boundary_token_mask(self.vocab)
         self.state: torch.Tensor | None = None  # (B, 3): EMA entropy, EMA surprise, last surprise
+        self.log_probs: torch.Tensor | None = None
+        self._logits: torch.Tensor | None = None
 
     def reset(self, batch: int, device=None) -> None:
         self.state = torch.zeros(batch, 3, device=device)
@@ -73,8 +75,11 @@ class ObservationBuilder:
         self.state[rows] = 0.0
 
     def observe(self, token: torch.Tensor, logits: torch.Tensor) -> None:
-        """After a token is sampled from the step whose raw logits were `logits`."""
-        surprise = -logits.float().log_softmax(dim=-1).gather(1, token.long().unsqueeze(1)).squeeze(1)
+        """After a token is sampled from the step whose raw logits were `logits` (the last observation's, whose
+        log-probabilities are reused when they are the same tensor's)."""
+        log_probs = self.log_probs if self.log_probs is not None and self.log_probs.shape == logits.shape \
+            and self._logits is logits else logits.float().log_softmax(dim=-1)
+        surprise = -log_probs.gather(1, token.long().unsqueeze(1)).squeeze(1)
         self.state[:, 1] = TREND_DECAY * self.state[:, 1] + (1 - TREND_DECAY) * surprise
         self.state[:, 2] = surprise
 
@@ -89,8 +94,10 @@ class ObservationBuilder:
         lengths = torch.full((B,), H, device=device) if lengths is None else lengths
         log_probs = logits.float().log_softmax(dim=-1)
         probs = log_probs.exp()
-        entropy = -(probs * log_probs).sum(dim=-1)
-        varentropy = (probs * (log_probs + entropy.unsqueeze(1)) ** 2).sum(dim=-1)
+        weighted = probs * log_probs  # one (B, V) pass serves both moments: H = −E[ln p], Var = E[ln² p] − H²
+        entropy = -weighted.sum(dim=-1)
+        varentropy = ((weighted * log_probs).sum(dim=-1) - entropy ** 2).clamp_min(0.0)
+        self.log_probs, self._logits = log_probs, logits  # `observe` reads the sampled token's surprise from it
         top = probs.topk(5, dim=-1)
         valid = torch.arange(H, device=device) < lengths.unsqueeze(1)
         ids = history.masked_fill(~valid, -1)
@@ -132,7 +139,7 @@ class GatingEnvironment:
     def __init__(self, model, action_space, reward_computer, prompts: list[list[int]], rl_config: dict,
                  num_envs: int | None = None, device: torch.device | str | None = None, seed: int = 0,
                  env_offset: int = 0, decoder=None, gate_training: bool = False, use_gates: bool | None = None,
-                 sequential_prompts: bool = False, samples_per_prompt: int | None = None):
+                 sequential_prompts: bool = False, samples_per_prompt: int | None = None, observations: bool = True):
         if not prompts:
             raise ValueError("the environment needs at least one prompt")
         self.model = model.eval()
@@ -153,6 +160,7 @@ class GatingEnvironment:
         if self.use_gates and getattr(action_space, "kind", "continuous") != "continuous":
             raise ValueError("the dynamic gates take the continuous modulation m; use RL_ACTION_MODE modulation")
         self.sequential_prompts = sequential_prompts
+        self.observations = observations  # the study's fixed decoders need none: (N, 64) zeros, nothing computed
         scale = (action_space.num_actions - 1) if getattr(action_space, "kind", "") == "discrete" else 1.0
         self.observe = ObservationBuilder(rl_config, model.config, action_scale=scale)
         self.max_steps = rl_config["RL_MAX_EPISODE_LENGTH"]
@@ -229,6 +237,8 @@ class GatingEnvironment:
         self.observe.reset_rows(rows)
 
     def _observation(self) -> torch.Tensor:
+        if not self.observations:
+            return torch.zeros(self.num_envs, OBSERVATION_DIM, device=self.device)
         return self.observe(self.history, self.lengths, self.logits, self.hidden, self.steps.float(),
                             self.prev_action, self.prompt_lengths)
 
@@ -256,7 +266,8 @@ class GatingEnvironment:
         with torch.no_grad():
             token, components, decided = self.decide(action, uniforms)
             self.decoder.observe(token, decided)
-            self.observe.observe(token, self.logits)
+            if self.observations:
+                self.observe.observe(token, self.logits)
         reward = components["total"]
         rows = active.nonzero().squeeze(1)
         self.history[rows, self.lengths[rows]] = token[rows]

@@ -41,6 +41,10 @@ class KVCache:
     Rows advance independently (`next_pos` per row), so a batch may mix sequences of different lengths, rows can be
     restarted (`replace_rows`) and left padding can be masked out. Because rotary embeddings make attention depend
     only on relative positions, overwriting the oldest slot is exactly a sliding context window.
+
+    While every row has advanced together from empty without padding (`generate`'s case), `aligned` holds their
+    common position as a Python int: new keys then go to one contiguous range of slots, written by a slice copy, and
+    attention reads the filled prefix with no mask (ADR 0016). Any other use switches to the per-row bookkeeping.
     """
 
     def __init__(self, num_layers: int, batch: int, num_heads: int, capacity: int, head_size: int,
@@ -51,19 +55,26 @@ class KVCache:
         self.key_pos = torch.full((batch, capacity), -1, device=device, dtype=torch.long)  # -1: empty or padding
         self.next_pos = torch.zeros(batch, device=device, dtype=torch.long)
         self.capacity = capacity
+        self.aligned: int | None = 0  # the rows' common position while they advance together unpadded, else None
+        self.filled = 0               # slots holding keys, while aligned
 
     @property
     def batch_size(self) -> int:
         return self.key_pos.shape[0]
 
     def advance(self, T: int, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reserve slots for T new tokens per row; returns positions (B,T), slots (B,T), attention mask (B,1,T|1,C)."""
-        if T == 1 and valid is None:
+        """Reserve slots for T new tokens per row. Returns positions (B|1, T), where to write (slots (B, T), or a slice of
+        slots shared by every row) and the attention mask (B, 1, T|1, C), or None for "causal over what `write`
+        returns"."""
+        if self.aligned is not None and valid is None and (T == 1 or self.aligned == 0) and T <= self.capacity:
+            return self._advance_aligned(T)
+        if T == 1 and valid is None:  # rows that are not aligned
             return self._advance_one()
         if T > 1 and bool((self.next_pos + T > self.capacity).any()) and bool((self.next_pos > 0).any()):
             raise ValueError("a multi-token append would wrap the KV cache; append one token at a time past capacity")
         if T > self.capacity:
             raise ValueError(f"{T} tokens do not fit a KV cache of {self.capacity} slots")
+        self.aligned = None if valid is not None or self.aligned is None else self.aligned + T
         positions = self.next_pos.unsqueeze(1) + torch.arange(T, device=self.next_pos.device)  # (B, T)
         slots = positions % self.capacity
         stored = positions if valid is None else positions.masked_fill(~valid, -1)
@@ -75,6 +86,16 @@ class KVCache:
         allowed |= torch.arange(self.capacity, device=slots.device) == slots.unsqueeze(-1)
         return positions, slots, allowed.unsqueeze(1)
 
+    def _advance_aligned(self, T: int) -> tuple[torch.Tensor, slice, None]:
+        positions = torch.arange(self.aligned, self.aligned + T, device=self.next_pos.device).unsqueeze(0)  # (1, T)
+        start = self.aligned % self.capacity
+        where = slice(start, start + T)  # T > 1 only from empty, and one token never straddles the ring's end
+        self.key_pos[:, where] = positions
+        self.next_pos += T
+        self.aligned += T
+        self.filled = min(self.aligned, self.capacity)
+        return positions, where, None
+
     def _advance_one(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The decode step's advance in five small ops: every stored key sits at or before the new position (rows only
         move forward), so the causal mask reduces to "slot holds a real token", and the new slot is one of them."""
@@ -84,10 +105,16 @@ class KVCache:
         self.next_pos += 1
         return positions, slots, (self.key_pos >= 0)[:, None, None, :]     # (B, 1, 1, C)
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store (B, nh, T, hs) keys/values at `slots` (B, T); return the layer's full (B, nh, C, hs) buffers.
-        Stored values are detached: the cache is inference state, so a gradient (e.g. when the RL trainer tunes the
-        gates) flows through the current step only and never chains back through earlier steps."""
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor | slice
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (B, nh, T, hs) keys/values at `slots` (B, T) and return the layer's full (B, nh, C, hs) buffers, or
+        at a shared slice of slots and return the filled prefix. Stored values are detached: the cache is inference
+        state, so a gradient (e.g. when the RL trainer tunes the gates) flows through the current step only and never
+        chains back through earlier steps."""
+        if isinstance(slots, slice):
+            self.k[layer][:, :, slots] = k.detach()
+            self.v[layer][:, :, slots] = v.detach()
+            return self.k[layer][:, :, :self.filled], self.v[layer][:, :, :self.filled]
         index = slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
         self.k[layer].scatter_(2, index, k.detach().to(self.k[layer].dtype))
         self.v[layer].scatter_(2, index, v.detach().to(self.v[layer].dtype))
@@ -102,6 +129,7 @@ class KVCache:
             self.v[layer][rows] = other.v[layer]
         self.key_pos[rows] = other.key_pos
         self.next_pos[rows] = other.next_pos
+        self.aligned = None
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -188,8 +216,9 @@ class CausalSelfAttention(nn.Module):
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
-            k, v = cache.write(layer, k, v, slots)  # (B, nh, C, hs)
-            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, dropout_p=dropout)
+            k, v = cache.write(layer, k, v, slots)  # (B, nh, C, hs), or (B, nh, filled, hs) with no mask
+            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, dropout_p=dropout,
+                                               is_causal=mask is None and T > 1)
         y = y.transpose(1, 2).contiguous().view(B, T, E)  # (B, nh, T, hs) -> (B, T, E)
         return self.proj(y)
 

@@ -117,7 +117,8 @@ def main(argv=None) -> int:
 def run(args, lm_config, rl_config, model, device, exp_dir: Path, logger, metrics) -> int:
     """Prompts and judges, the dev sweep (which picks the residual base), the oracle check, PPO per RL seed, the
     held-out study."""
-    from plugins.tidal.Ablation import Player, format_study_table, residual_base, run_study, tune_on_dev
+    from plugins.tidal.Ablation import (Player, format_study_table, gap_text, merge_tuning, oracle_check,
+                                        residual_base, run_study, tune_on_dev)
 
     sets = build_prompt_sets(lm_config, {"train": rl_config["RL_NUM_PROMPTS"], "dev": rl_config["RL_DEV_PROMPTS"],
                                          "test": rl_config["RL_ABLATION_NUM_PROMPTS"]},
@@ -138,11 +139,16 @@ def run(args, lm_config, rl_config, model, device, exp_dir: Path, logger, metric
     base = (resumed or {}).get("action_base") or residual_base(dev["families"])
     action_space = make_action_space(rl_config, base if rl_config["RL_ACTION_MODE"] == "residual" else None)
     player = Player(model, action_space, reward_computer, rl_config, device)
-    constants = tune_on_dev(player, sets["dev"], judges["eval"], rl_config, families=("constant_action",),
-                            ce_bits=dev["ce_bits"])
-    dev["families"].update(constants["families"])
-    dev["factories"].update(constants["factories"])
+    merge_tuning(dev, tune_on_dev(player, sets["dev"], judges["eval"], rl_config, families=("constant_action",),
+                                  ce_bits=dev["ce_bits"]))
     logger.info("dev sweep done; residual base decoder %s", base)
+    check = oracle_check(player, sets["dev"], judges["eval"], rl_config, dev,
+                         float(rl_config["RL_LAGRANGE_MULTIPLIER_INIT"]) if reward_computer.weights["overlap"] == 0
+                         else 0.0)
+    print("oracle check on dev, before PPO: " + gap_text("the per-token oracle", check)
+          + ("" if check["verdict"] == "learned above the frontier" else
+             " Even the oracle does not clear the frontier under this reward, so a learned controller can at best "
+             "match it (ADR 0015)."), flush=True)
 
     gate_params = freeze_lm_except_gates(model) if rl_config["RL_UNFREEZE_DYNAMIC_GATES"] else None
     extra_state = {"action_base": base if rl_config["RL_ACTION_MODE"] == "residual" else None,
@@ -167,7 +173,7 @@ def run(args, lm_config, rl_config, model, device, exp_dir: Path, logger, metric
             lam = trainer.lagrange.value
         if not train:
             break  # --ablation on a checkpoint: the one agent it holds
-    results = run_study(player, sets, judges["eval"], rl_config, dev, agents, oracle_lambda=lam,
+    results = run_study(player, sets, judges["eval"], rl_config, dev, agents, oracle_lambda=lam, oracle_dev=check,
                         protocol=rl_config["RL_STUDY_PROTOCOL"], experiment_dir=exp_dir,
                         judge_provenance={r: j.provenance for r, j in judges.items()})
     print(format_study_table(results))

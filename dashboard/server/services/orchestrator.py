@@ -15,6 +15,7 @@ import time
 import anyio
 
 from ..errors import BadRequest, Conflict, FieldError
+from plugins.tidal.Utils import ConfigError, apply_overrides, read_yaml, validate_against
 from .job_store import JobStore
 from .jobs_core import SIGNALS, TERMINAL
 from .paths import display_path, resolve_config_path, resolve_experiment_path
@@ -23,6 +24,19 @@ from .plugin_registry import ARG_SOURCES, PluginRegistry
 log = logging.getLogger("tidal.dashboard.jobs")
 
 IDEMPOTENCY_KEY_MAX = 200
+
+
+def check_overrides(config_path, overrides: dict) -> None:
+    """Refuse (422, naming the key and the closest known one) an override the job's config file has no key for, or
+    one of another type: the same rule as the CLI's --set, with the chosen file as the schema (every valid config
+    has exactly the plugin's reference keys), so a typo fails here instead of in the trainer."""
+    reference = read_yaml(config_path)
+    for key, value in overrides.items():
+        try:
+            validate_against(apply_overrides(read_yaml(config_path), [f"{key}={json.dumps(value)}"], reference),
+                             reference, "override")
+        except ConfigError as exc:
+            raise FieldError(f"body.overrides.{key}", str(exc)) from None
 
 
 class Orchestrator:
@@ -61,6 +75,8 @@ class Orchestrator:
             if config[field] is not None:
                 path = resolve_config_path(field, config[field], plugin_dir=plugin_dir, project_root=s.project_root,
                                            allowed_dirs=s.configs_dirs)
+                if field == "configPath" and config["overrides"]:
+                    check_overrides(path, config["overrides"])
                 config[field] = display_path(path, s.project_root, s.experiments_dir)
         if config["checkpoint"] is not None:
             path = resolve_experiment_path("checkpoint", config["checkpoint"], experiments_root=s.experiments_dir,

@@ -6,6 +6,7 @@ the field. The server, the worker agent and the inference server all go through 
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from functools import cached_property
 from pathlib import Path
@@ -20,7 +21,7 @@ DEFAULT_MANIFEST_PATH = PROJECT_ROOT / "plugins" / "tidal" / "manifest.yaml"
 
 # Logical argument names of a training phase and the job-config field each one is filled from.
 ARG_SOURCES = {"config": "configPath", "rlConfig": "rlConfigPath", "checkpoint": "checkpoint",
-               "resume": "resumeExpDir", "timesteps": "timesteps", "maxSteps": "maxSteps"}
+               "resume": "resumeExpDir", "timesteps": "timesteps", "maxSteps": "maxSteps", "overrides": "overrides"}
 PATH_ARGS = {"config", "rlConfig", "checkpoint", "resume"}
 GATING_MODES = ("none", "fixed", "random", "learned")
 
@@ -61,11 +62,15 @@ class TrainingPhase(_Model):
         return self
 
     def build_args(self, values: dict[str, object]) -> list[str]:
-        """CLI arguments for this phase from logical values (None/absent values are left out), in `args` order."""
+        """CLI arguments for this phase from logical values (None/absent values are left out), in `args` order.
+        A mapping (config overrides) becomes one `flag KEY=VALUE` per item, VALUE as JSON (which YAML reads back)."""
         out: list[str] = []
         for name, flag in self.args.items():
             value = values.get(name)
-            if value is not None:
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    out += [flag, f"{key}={json.dumps(item)}"]
+            elif value is not None:
                 out += [flag, str(value)]
         return out
 

@@ -7,8 +7,8 @@ import unittest
 import numpy as np
 import torch
 
-from plugins.tidal.Ablation import (RESULTS_FILE, Player, family_grids, format_study_table, residual_base, run_study,
-                                    tune_on_dev)
+from plugins.tidal.Ablation import (RESULTS_FILE, Player, family_grids, format_study_table, merge_tuning,
+                                    oracle_check, residual_base, run_study, tune_on_dev)
 from plugins.tidal.DataPipeline import get_tokenizer
 from plugins.tidal.Decoding import ControlledDecoder, PlainDecoder
 from plugins.tidal.GatingModulator import RandomGatingPolicy, ResidualActionSpace
@@ -70,8 +70,10 @@ class TestStudy(StudyCase):
         constants = tune_on_dev(player, self.sets["dev"], self.judges["eval"], self.rl, families=("constant_action",),
                                 ce_bits=dev["ce_bits"], progress=False)
         self.assertEqual(len(constants["families"]["constant_action"]), space.num_actions)
-        dev["families"].update(constants["families"])
-        dev["factories"].update(constants["factories"])
+        merge_tuning(dev, constants)
+        check = oracle_check(player, self.sets["dev"], self.judges["eval"], self.rl, dev)
+        self.assertEqual(check["point"]["family"], "oracle")
+        self.assertIsNotNone(check["gap"])
         agent = RandomGatingPolicy(0, space.num_actions)
         results = run_study(player, self.sets, self.judges["eval"], self.rl, dev, [("learned (RL seed 0)", agent)],
                             experiment_dir=self.tmp, progress=False,

@@ -502,34 +502,5 @@ class TokenCacheTest(TempDirTestCase):
         self.assertEqual(Path(ds.cache_path).parent, self.tmp / "from_config")
 
 
-# ---------------------------------------------------------------------------------------------- prompt starts
-class PromptStartsTest(TempDirTestCase):
-    def test_prompts_are_short_prefixes_of_distinct_validation_stories(self):
-        # every story starts with its own number, so a prompt identifies the story it came from
-        path = self.tmp / "numbered.jsonl"
-        path.write_text("".join(json.dumps({"text": f"Story {i} is about a dog."}) + "\n" for i in range(200)))
-        config = make_config(DATASET=str(path))
-        prompts = dp.load_prompt_starts(config, count=15, seed=3)
-        self.assertEqual(len(prompts), 15)
-        self.assertTrue(all(3 <= len(p) <= 8 for p in prompts))  # a story here is 8 tokens long
-        encoded = [dp.encode_prompt(s) for s in dp.load_stories(config, "validation")]
-        owners = [next(j for j, e in enumerate(encoded) if e[:len(p)] == p) for p in prompts]
-        self.assertEqual(len(set(owners)), 15)
-
-    def test_prompt_lengths_are_drawn_in_bounds(self):
-        prompts = dp.load_prompt_starts(make_config(), count=20, seed=3)
-        self.assertTrue(all(3 <= len(p) <= 10 for p in prompts))
-        self.assertGreater(len({len(p) for p in prompts}), 3)
-        self.assertTrue(all(type(t) is int for p in prompts for t in p))
-        fixed = dp.load_prompt_starts(make_config(), count=8, min_len=5, max_len=5)
-        self.assertEqual({len(p) for p in fixed}, {5})
-
-    def test_prompts_are_deterministic_by_seed(self):
-        config = make_config()
-        a = dp.load_prompt_starts(config, count=10, seed=0)
-        self.assertEqual(a, dp.load_prompt_starts(config, count=10, seed=0))
-        self.assertNotEqual(a, dp.load_prompt_starts(config, count=10, seed=1))
-
-
 if __name__ == "__main__":
     unittest.main()

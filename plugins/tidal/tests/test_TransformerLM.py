@@ -286,6 +286,23 @@ class TestDecodeFastPaths(unittest.TestCase):
         with torch.no_grad():
             torch.testing.assert_close(model(x), _eager_logits(model, x), atol=1e-5, rtol=0)
 
+    def test_aligned_cache_matches_the_per_row_bookkeeping(self):
+        # generate's cache (all rows together, no padding) writes slices and attends without a mask; forcing the
+        # per-row path on a twin cache must give the same logits through a chunked prefill and past the ring's end.
+        model = tiny_model(NUM_TRANSFORMER_BLOCKS=2)
+        x = torch.randint(0, VOCAB, (3, 30))
+        _, fast = model(x[:, :6], use_cache=True, cache_capacity=12)
+        slow = model.new_cache(3, 12, torch.device("cpu"), torch.float32)
+        slow.aligned = None
+        model(x[:, :6], past_key_values=slow, use_cache=True)
+        for chunk in ((6, 9), *((t, t + 1) for t in range(9, 30))):
+            a, fast = model(x[:, chunk[0]:chunk[1]], past_key_values=fast, use_cache=True)
+            b, slow = model(x[:, chunk[0]:chunk[1]], past_key_values=slow, use_cache=True)
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        self.assertEqual(fast.aligned, 30)
+        self.assertIsNone(slow.aligned)
+        self.assertTrue(torch.equal(fast.key_pos.sort(dim=1).values, slow.key_pos.sort(dim=1).values))
+
     def test_unknown_inference_weights_mode_raises(self):
         with self.assertRaises(ValueError):
             tiny_model(INFERENCE_WEIGHTS="fp8")

@@ -41,7 +41,7 @@ const SPECS = {
   rl: {
     series: "rl", xKey: "global_step", live: "rl-metrics",
     cards: [
-      { key: "episode_rewards", label: "Episode reward" }, { key: "gate_modulation", label: "Modulation m" },
+      { key: "episode_rewards", label: "Episode reward" }, { key: "gate_modulation", label: "Mean action" },
       { key: "entropy", label: "Entropy" }, { key: "explained_variance", label: "Explained variance" },
       { key: "steps_per_second", label: "Steps/s" }, { key: "progress", label: "Progress", fmt: pct },
     ],
@@ -49,8 +49,8 @@ const SPECS = {
       { key: "episode_rewards", title: "Episode reward (sum over an episode's tokens)", smooth: true },
       { key: "policy_loss", title: "Policy and value loss", extra: [{ key: "value_loss", scale: "y2" }], y2Label: "value loss" },
       { key: "entropy", title: "Entropy and its coefficient", extra: [{ key: "entropy_coef", scale: "y2" }], y2Label: "coefficient" },
-      { key: "gate_modulation", title: "Gate modulation m" },
-      { key: "reward_perplexity", title: "Reward components (mean per token)", extra: ["reward_diversity", "reward_sampling", "reward_repetition", "reward_coherence"].map((key) => ({ key })) },
+      { key: "gate_modulation", title: "Mean action (m, or the residual action's index)" },
+      { key: "reward_quality", title: "Reward components (mean per token): judge quality, repetition, overlap", extra: ["reward_repetition", "reward_overlap"].map((key) => ({ key })) },
       { key: "explained_variance", title: "Explained variance" },
       { key: "lagrange_multiplier", title: "Lagrange multiplier λ", optional: true, extra: [{ key: "mean_cost", scale: "y2" }], y2Label: "mean cost" },
       ...SYSTEM_CHARTS,
