@@ -521,7 +521,9 @@ def main(argv=None) -> int:
     experiments_root = default_experiments_root().resolve()
     config_dirs = ((Path(args.manifest).resolve().parent / "configs").resolve(),
                    *(Path(p).resolve() for p in os.environ.get("EXTRA_CONFIG_DIRS", "").split(os.pathsep) if p))
-    redis_url = None
+    # with --api-url this worker forwards the trainer's metric files, so the trainer is told to publish nothing
+    # itself (an empty REDIS_URL: it would otherwise find a dashboard's Redis announced next to its experiments)
+    redis_url = ""
     if args.api_url:
         token = args.auth_token or os.environ.get("TIDAL_AUTH_TOKEN")
         if not token:

@@ -2,9 +2,9 @@
 
 Same dimensions as TransformerLM (embedding, blocks, heads, FFN, vocabulary, context) and the same dropout (embedding,
 attention, residual — as nanoGPT), learned absolute positions, pre-norm blocks, fused QKV, SDPA causal attention,
-untied output projection — and nothing else (no gates, no RoPE). `generate` is nanoGPT's sampling loop (÷ temperature,
-top-k, softmax, multinomial) with its own KV cache: one buffer per layer preallocated for the whole sequence and
-written in place, so a step attends over the filled prefix without a mask.
+untied output projection — and nothing else (no gates, no RoPE). `generate` is nanoGPT's sampling loop
+(÷ temperature, top-k, softmax, multinomial) with its own KV cache: one buffer per layer preallocated for the whole
+sequence and written in place, so a step attends over the filled prefix without a mask.
 """
 import torch
 import torch.nn as nn

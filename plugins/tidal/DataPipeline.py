@@ -2,7 +2,8 @@
 
 Reads top to bottom in dependency order:
   tokenizer (offline, hash-checked)  ->  TinyTales (`builtin:tinytales`)  ->  load_stories (every source, one split
-  rule)  ->  token cache (uint16 file + JSON sidecar, ADR 0003)  ->  TokenDataset (chunked view). The study's prompt sets live in StudyData.py.
+  rule)  ->  token cache (uint16 file + JSON sidecar, ADR 0003)  ->  TokenDataset (chunked view).
+The decoding study's prompt sets live in StudyData.py.
 """
 from __future__ import annotations
 

@@ -147,7 +147,7 @@ def filter_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min
             break
     mass_before = probs.cumsum(dim=-1) - probs
     values = values.masked_fill(use_p.unsqueeze(1) & (mass_before >= p.unsqueeze(1)), float("-inf"))
-    kept = torch.full_like(logits, float("-inf")).scatter(1, indices, values)
+    kept = torch.full_like(logits, float("-inf")).scatter_(1, indices, values)  # in place: no copy of V
     return torch.where(whole & ~use_p.unsqueeze(1), logits, kept)  # rows with neither filter keep everything
 
 

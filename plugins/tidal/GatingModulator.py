@@ -119,7 +119,11 @@ def make_action_space(config: dict, base: dict | None = None):
     if mode == "residual":
         if base is None:
             raise ValueError("the residual action space needs its base decoder (chosen on the dev prompts)")
-        return ResidualActionSpace(config, base)
+        space = ResidualActionSpace(config, base)
+        if config.get("RL_AGENT_TYPE") == "categorical" and config.get("RL_NUM_ACTIONS") != space.num_actions:
+            raise ValueError(f"RL_NUM_ACTIONS is {config.get('RL_NUM_ACTIONS')} but the residual lists make "
+                             f"{space.num_actions} actions; set RL_NUM_ACTIONS: {space.num_actions}")
+        return space
     raise ValueError(f"RL_ACTION_MODE must be one of {', '.join(ACTION_MODES)}; got {mode!r}")
 
 

@@ -63,9 +63,9 @@ class KVCache:
         return self.key_pos.shape[0]
 
     def advance(self, T: int, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reserve slots for T new tokens per row. Returns positions (B|1, T), where to write (slots (B, T), or a slice of
-        slots shared by every row) and the attention mask (B, 1, T|1, C), or None for "causal over what `write`
-        returns"."""
+        """Reserve slots for T new tokens per row. Returns positions (B|1, T), where to write (slots (B, T), or a
+        slice of slots shared by every row) and the attention mask (B, 1, T|1, C), or None for "causal over what
+        `write` returns"."""
         if self.aligned is not None and valid is None and (T == 1 or self.aligned == 0) and T <= self.capacity:
             return self._advance_aligned(T)
         if T == 1 and valid is None:  # rows that are not aligned
@@ -153,7 +153,9 @@ class PackedLinear(nn.Linear):
         self._packed: tuple | None = None  # (key, weight, bias): derived state, never in the state dict
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inference_weights == "eager" or torch.is_grad_enabled():
+        # a compiled model (the Trainer's, in evaluation) traces the plain product: inductor picks its own layout,
+        # and the packed copy's version check would become a guard that recompiles after every optimizer step
+        if self.inference_weights == "eager" or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return super().forward(x)
         weight, bias = self._packed_weights()
         if self.inference_weights == "bf16":
@@ -310,9 +312,11 @@ class TransformerLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor | None = None,
                 gate_signals: GateSignals = None, past_key_values: KVCache | None = None, use_cache: bool = False,
                 return_hidden: bool = False, attention_mask: torch.Tensor | None = None,
-                cache_capacity: int | None = None):
+                cache_capacity: int | None = None, last_only: bool = False):
         """Returns logits (B, T, V), then in order: loss (if target_ids), the KVCache (if use_cache), the final-LayerNorm
-        hidden states (B, T, E) (if return_hidden). `attention_mask` (B, T) marks real (True) vs padding tokens."""
+        hidden states (B, T, E) (if return_hidden). `attention_mask` (B, T) marks real (True) vs padding tokens.
+        `last_only` keeps the last position only (logits and hidden (B, 1, ·)): a prefill then skips T − 1 rows of
+        the vocabulary-wide output projection, its largest matmul."""
         B, T = input_ids.shape
         gate_signals = self._check_gate_signals(gate_signals, B, T)
         x = self.embedding_dropout(self.token_embeddings(input_ids))  # (B, T, E)
@@ -328,8 +332,8 @@ class TransformerLM(nn.Module):
             freqs = rope_frequencies(positions, self.inv_freq)
         for layer, block in enumerate(self.transformer_blocks):
             x = block(x, freqs, gate_signals, cache, layer, slots, mask)
-        hidden = self.final_layer_norm(x)
-        logits = self.output_projection(hidden)  # (B, T, V)
+        hidden = self.final_layer_norm(x[:, -1:] if last_only else x)
+        logits = self.output_projection(hidden)  # (B, T | 1, V)
         out = [logits]
         if target_ids is not None:
             out.append(F.cross_entropy(logits.view(-1, logits.size(-1)).float(), target_ids.reshape(-1), ignore_index=-100))
@@ -376,7 +380,7 @@ class TransformerLM(nn.Module):
             context = prompt_ids[:, -self.max_context_length:]
             capacity = min(self.max_context_length, context.shape[1] + max_new_tokens)
             logits, cache, hidden = self(context, gate_signals=signal, use_cache=True, return_hidden=True,
-                                         cache_capacity=capacity)
+                                         cache_capacity=capacity, last_only=True)
         length = T0
         for step in range(max_new_tokens):
             if not use_cache:

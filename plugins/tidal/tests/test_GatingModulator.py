@@ -76,6 +76,9 @@ class TestResidualActionSpace(unittest.TestCase):
             make_action_space(rl_config(RL_ACTION_MODE="residual"))
         with self.assertRaisesRegex(ValueError, "RL_ACTION_MODE"):
             make_action_space(rl_config(RL_ACTION_MODE="nope"))
+        with self.assertRaisesRegex(ValueError, "set RL_NUM_ACTIONS: 12"):
+            make_action_space({**self.config, "RL_ACTION_MODE": "residual", "RL_AGENT_TYPE": "categorical",
+                               "RL_NUM_ACTIONS": 5}, {"temperature": 1.0})
 
 
 class TestBaselinePolicies(unittest.TestCase):

@@ -372,5 +372,22 @@ class TestCheckpoints(unittest.TestCase):
             self.assertIn("bad.pth", str(ctx.exception))
 
 
+
+class TestLastOnly(unittest.TestCase):
+    def test_a_last_only_prefill_gives_the_last_position_and_the_same_cache(self):
+        model = tiny_model().eval()
+        x = torch.randint(0, VOCAB, (3, 9))
+        mask = torch.ones(3, 9, dtype=torch.bool)
+        mask[0, :4] = False  # left padding, as the RL environment prefills
+        full, cache_full, hidden_full = model(x, use_cache=True, return_hidden=True, attention_mask=mask)
+        last, cache_last, hidden_last = model(x, use_cache=True, return_hidden=True, attention_mask=mask,
+                                              last_only=True)
+        self.assertEqual(tuple(last.shape), (3, 1, VOCAB))
+        torch.testing.assert_close(last[:, 0], full[:, -1])
+        torch.testing.assert_close(hidden_last[:, 0], hidden_full[:, -1])
+        for a, b in zip(cache_full.k, cache_last.k):
+            self.assertTrue(torch.equal(a, b))
+
+
 if __name__ == "__main__":
     unittest.main()
