@@ -1,9 +1,11 @@
 """RL environment throughput: N vectorized environments in one batched, KV-cached forward per step, side by side with
 ONE environment at a time (the original's rollouts, SPEC §14), in one process.
 
-Both sides run the same GatingEnvironment under the same untrained PPO agent. They use the base model config
-(untrained weights: speed does not depend on them), synthetic prompts of 3–10 random token ids, a RewardComputer with
-bigram statistics from a random token stream, and full-length episodes that end and restart with a fresh prefill.
+Both sides run the same GatingEnvironment under the same untrained PPO agent over the shipped action space (the
+residual grid around T 1, min-p 0.1). They use the base model config (untrained weights: speed does not depend on
+them), synthetic prompts of RL_PROMPT_MIN..MAX_LENGTH random token ids, a RewardComputer whose judge is a 4-gram LM
+of a random token stream, and full-length episodes that end and restart with a fresh prefill. The vectorized side
+runs prompt groups of RL_SAMPLES_PER_PROMPT rows; the single side one row.
 "Steps/s" counts environment steps, i.e. tokens generated under control; stepping 16 environments one after the
 other runs at the single environment's rate. Timed chunks alternate (vectorized, single, vectorized, ...) and the
 median is reported, so machine noise hits both sides alike.
@@ -27,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiment_utils import resolve_device  # noqa: E402
 from plugins.tidal.DataPipeline import EOT_TOKEN_ID  # noqa: E402
 from plugins.tidal.GatingEnvironment import GatingEnvironment  # noqa: E402
-from plugins.tidal.GatingModulator import GatingModulator  # noqa: E402
+from plugins.tidal.GatingModulator import make_action_space  # noqa: E402
 from plugins.tidal.GatingPolicyAgent import create_agent  # noqa: E402
+from plugins.tidal.Judges import NGramJudge  # noqa: E402
 from plugins.tidal.RewardComputer import RewardComputer  # noqa: E402
 from plugins.tidal.TransformerLM import TransformerLM, count_parameters  # noqa: E402
 from plugins.tidal.Utils import (  # noqa: E402
@@ -39,7 +42,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 QUICKSTART_CONFIG = CONFIG_DIR / "quickstart_config.yaml"
 TARGET_RATIO = 6.0
 NUM_PROMPTS = 256
-BIGRAM_STREAM_TOKENS = 200_000
+JUDGE_STREAM_TOKENS = 200_000
+BASE_DECODER = {"temperature": 1.0, "min_p": 0.1}
 
 
 def synthetic_prompts(count: int, lo: int, hi: int, vocab: int, seed: int = 0) -> list[list[int]]:
@@ -52,8 +56,9 @@ class Stepper:
     """One environment (of `num_envs` rows) driven by the agent; `run(steps)` returns the seconds they took."""
 
     def __init__(self, model, rl_config, reward_computer, prompts, agent, num_envs: int, device: torch.device):
-        self.env = GatingEnvironment(model, GatingModulator(rl_config), reward_computer, prompts, rl_config,
-                                     num_envs=num_envs, device=device, seed=0)
+        self.env = GatingEnvironment(model, make_action_space(rl_config, BASE_DECODER), reward_computer, prompts,
+                                     rl_config, num_envs=num_envs, device=device, seed=0,
+                                     samples_per_prompt=min(num_envs, rl_config["RL_SAMPLES_PER_PROMPT"]))
         self.agent = agent
         self.device = device
         self.obs = self.env.reset()
@@ -78,8 +83,8 @@ def bench_config(name: str, config: dict, rl_config: dict, num_envs: int, steps:
     torch.manual_seed(0)
     model = TransformerLM(config["VOCAB_SIZE"], config).to(device).eval()
     vocab = config["VOCAB_SIZE"]
-    stream = np.random.default_rng(1).integers(0, vocab, BIGRAM_STREAM_TOKENS)
-    reward_computer = RewardComputer(rl_config, vocab, RewardComputer.bigram_statistics_from_tokens(stream, vocab))
+    stream = np.random.default_rng(1).integers(0, EOT_TOKEN_ID, JUDGE_STREAM_TOKENS)
+    reward_computer = RewardComputer(rl_config, NGramJudge.from_tokens(stream), torch.zeros(vocab, dtype=torch.bool))
     prompts = synthetic_prompts(NUM_PROMPTS, rl_config["RL_PROMPT_MIN_LENGTH"], rl_config["RL_PROMPT_MAX_LENGTH"],
                                 vocab)
     agent = create_agent(rl_config).to(device).eval()

@@ -206,6 +206,20 @@ def make_point(name: str, family: str, params: dict, prompts: list[list[int]], s
     return point, arrays
 
 
+def nearest_on_frontier(points: list[dict], diversity: float, count: int) -> list[dict]:
+    """The family's dev Pareto points (all of them when count is 0), else the `count` whose dev diversity lies
+    nearest `diversity`, always including the two that bracket it when they exist: enough to interpolate the
+    family's test frontier where the verdict is read, without replaying every grid point on test."""
+    front = sorted((p for p in points if p["name"] in _frontier_names(points)), key=lambda p: p["diversity"])
+    if count <= 0 or len(front) <= count:
+        return front
+    below = [p for p in front if p["diversity"] <= diversity][-1:]
+    above = [p for p in front if p["diversity"] > diversity][:1]
+    rest = sorted((p for p in front if p not in below + above), key=lambda p: abs(p["diversity"] - diversity))
+    keep = (below + above + rest)[:count]
+    return sorted(keep, key=lambda p: p["diversity"])
+
+
 def _frontier_names(points: list[dict]) -> set[str]:
     """The names of the points on the (diversity, −judge NLL) Pareto frontier."""
     front = pareto_frontier([(p["diversity"], -p["judge_nll"]) for p in points])
@@ -281,22 +295,9 @@ def run_study(player: Player, sets: dict[str, PromptSet], eval_judge, rl_config:
     test = sets["test"]
     bootstrap = int(rl_config["RL_ABLATION_BOOTSTRAP_SAMPLES"])
     families, arrays = {}, {}
-    chosen = {family: [p for p in points if p["name"] in _frontier_names(points)]
-              for family, points in dev_tuning["families"].items()}
-    runs = sum(len(v) for v in chosen.values()) + len(agents) + 1
-    bar = tqdm(total=runs, desc="study: test", unit="decoder", disable=not progress, dynamic_ncols=True)
-    for family, dev_points in chosen.items():
-        families[family] = {"label": FAMILY_LABELS[family], "dev": dev_tuning["families"][family], "test": []}
-        arrays[family] = []
-        for dev_point in dev_points:
-            factory, policy = dev_tuning["factories"][dev_point["name"]]
-            samples = player.play(test.prompts, 0, factory, policy)
-            point, per_prompt = make_point(dev_point["name"], family, dev_point["params"], test.prompts, samples,
-                                           eval_judge, bootstrap)
-            families[family]["test"].append(point)
-            arrays[family].append(per_prompt)
-            bar.update(1)
     learned, learned_arrays = [], []
+    bar = tqdm(total=len(agents) + 1, desc="study: test (learned, oracle)", unit="decoder", disable=not progress,
+               dynamic_ncols=True)
     for name, agent in agents:
         samples = player.play(test.prompts, 0, policy=agent, deterministic=True)
         point, per_prompt = make_point(name, "learned", {}, test.prompts, samples, eval_judge, bootstrap)
@@ -308,6 +309,25 @@ def run_study(player: Player, sets: dict[str, PromptSet], eval_judge, rl_config:
     oracle, oracle_arrays = make_point("per-token oracle", "oracle", {"actions": len(oracle_actions)}, test.prompts,
                                        samples, eval_judge, bootstrap)
     bar.update(1)
+    bar.close()
+    # the diversity where the verdict is read: the learned points' (else the oracle's)
+    target = float(np.mean([p["diversity"] for p in learned])) if learned else oracle["diversity"]
+    per_family = int(rl_config["RL_STUDY_TEST_POINTS_PER_FAMILY"])
+    chosen = {family: nearest_on_frontier(points, target, per_family)
+              for family, points in dev_tuning["families"].items()}
+    bar = tqdm(total=sum(len(v) for v in chosen.values()), desc="study: test (fixed decoders)", unit="decoder",
+               disable=not progress, dynamic_ncols=True)
+    for family, dev_points in chosen.items():
+        families[family] = {"label": FAMILY_LABELS[family], "dev": dev_tuning["families"][family], "test": []}
+        arrays[family] = []
+        for dev_point in dev_points:
+            factory, policy = dev_tuning["factories"][dev_point["name"]]
+            samples = player.play(test.prompts, 0, factory, policy)
+            point, per_prompt = make_point(dev_point["name"], family, dev_point["params"], test.prompts, samples,
+                                           eval_judge, bootstrap)
+            families[family]["test"].append(point)
+            arrays[family].append(per_prompt)
+            bar.update(1)
     bar.close()
     human, _ = make_point("human continuation", "human", {}, test.prompts, None, eval_judge, bootstrap,
                           texts=[[c] for c in test.continuations])
@@ -340,8 +360,9 @@ def run_study(player: Player, sets: dict[str, PromptSet], eval_judge, rl_config:
             "sampling_seeds": list(range(player.group_size)), "rl_seeds": [name for name, _ in agents],
             "episode_length": int(rl_config["RL_MAX_EPISODE_LENGTH"]), "bootstrap_samples": bootstrap,
             "ci_level": CI_LEVEL, "model_cross_entropy_bits": dev_tuning["ce_bits"], "judge": judge_provenance,
-            "action_space": player.action_space.describe(), "selection": "each family's dev Pareto frontier, "
-            "replayed on test",
+            "action_space": player.action_space.describe(),
+            "selection": "each family's dev Pareto frontier replayed on test" + (
+                "" if not per_family else f" (the {per_family} points nearest the learned diversity, bracketing it)"),
         },
         "families": families,
         "frontier": {f: [[p["diversity"], p["judge_nll"]] for p in sorted(v["test"], key=lambda p: p["diversity"] or 0)]

@@ -41,6 +41,15 @@ from plugins.tidal.TransformerLM import load_pretrained, read_checkpoint
 from plugins.tidal.Utils import RL_CONFIG_PATH, TidalError, cli_main, load_config, resolve_project_path, setup_logger
 
 EXIT_STOPPED = 128 + signal.SIGTERM
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class Stopped(Exception):
+    """A stop signal outside PPO (the dev sweep, the study): nothing to checkpoint, the run ends as stopped."""
+
+
+def _raise_stopped(*_) -> None:
+    raise Stopped
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,10 +93,15 @@ def train_seed(seed: int, model, action_space, reward_computer, prompts, rl_conf
     trainer = PPOTrainer(agent, env, rl_config, exp_dir, device, metrics, gate_params, extra_state=extra_state)
     if resume:
         trainer.load_checkpoint(resolve_project_path(resume))
-    for sig, kind in ((signal.SIGTERM, "terminate"), (signal.SIGINT, "terminate"), (signal.SIGUSR1, "complete")):
+    # during PPO a signal finishes the iteration first (and SIGUSR1 completes the run); outside it, it stops at once
+    for sig, kind in zip(STOP_SIGNALS, ("terminate", "terminate", "complete")):
         signal.signal(sig, lambda *_, kind=kind: trainer.request_stop(kind))
-    if timesteps != 0:
-        trainer.train(timesteps)
+    try:
+        if timesteps != 0:
+            trainer.train(timesteps)
+    finally:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _raise_stopped)
     return trainer
 
 
@@ -102,8 +116,14 @@ def main(argv=None) -> int:
     exp_dir = prepare_dir(args, lm_config_path, rl_config_path, lm_config, rl_config)
     logger = setup_logger("tidal.rl", exp_dir / "rl_training.log")
     metrics = MetricsLogger(exp_dir)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _raise_stopped)
     try:
         return run(args, lm_config, rl_config, model, device, exp_dir, logger, metrics)
+    except Stopped:
+        metrics.finalize("stopped")
+        print("stopped (outside PPO training: nothing to resume)", file=sys.stderr)
+        return EXIT_STOPPED
     except TidalError as exc:
         metrics.finalize("failed", error=str(exc))
         raise

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from plugins.tidal.Ablation import (RESULTS_FILE, Player, family_grids, format_study_table, merge_tuning,
-                                    oracle_check, residual_base, run_study, tune_on_dev)
+                                    nearest_on_frontier, oracle_check, residual_base, run_study,
+                                    tune_on_dev)
 from plugins.tidal.DataPipeline import get_tokenizer
 from plugins.tidal.Decoding import ControlledDecoder, PlainDecoder
 from plugins.tidal.GatingModulator import RandomGatingPolicy, ResidualActionSpace
@@ -24,7 +25,7 @@ SMALL_GRIDS = dict(RL_STUDY_TEMPERATURES=[0.5, 1.0], RL_STUDY_GRID_TEMPERATURES=
                    RL_STUDY_EDT_T0S=[1.0], RL_STUDY_EDT_THETAS=[1.0], RL_RESIDUAL_TEMPERATURE_FACTORS=[1.0, 0.7],
                    RL_RESIDUAL_MIN_P_FACTORS=[1.0], RL_RESIDUAL_PENALTIES=[1.0, 1.3], RL_NUM_ACTIONS=4,
                    RL_MAX_EPISODE_LENGTH=6, RL_SAMPLES_PER_PROMPT=2, RL_STUDY_BATCH=8, RL_NUM_ENVS=4,
-                   RL_ABLATION_BOOTSTRAP_SAMPLES=50, RL_JUDGE_STORIES=100)
+                   RL_ABLATION_BOOTSTRAP_SAMPLES=50, RL_JUDGE_STORIES=100, RL_STUDY_TEST_POINTS_PER_FAMILY=0)
 
 
 class StudyCase(TempDirTestCase):
@@ -53,6 +54,17 @@ class TestPairedDesign(StudyCase):
         self.assertEqual(fixed.tokens, base.tokens)
         self.assertEqual([len(s) for s in fixed.tokens], [2] * len(prompts))  # K samples per prompt
         self.assertNotEqual(fixed.tokens[0][0], fixed.tokens[0][1])  # two streams, two samples
+
+
+class TestFrontierSelection(unittest.TestCase):
+    def test_the_points_replayed_on_test_bracket_the_learned_diversity(self):
+        points = [{"name": f"p{i}", "diversity": d, "judge_nll": n}
+                  for i, (d, n) in enumerate([(0.1, 1.0), (0.3, 1.2), (0.5, 1.5), (0.7, 2.0), (0.9, 3.0),
+                                              (0.6, 2.5)])]  # p5 is dominated by p3 (less diverse, worse NLL)
+        self.assertEqual([p["name"] for p in nearest_on_frontier(points, 0.55, 0)], ["p0", "p1", "p2", "p3", "p4"])
+        self.assertEqual([p["name"] for p in nearest_on_frontier(points, 0.55, 2)], ["p2", "p3"])
+        self.assertEqual([p["name"] for p in nearest_on_frontier(points, 0.55, 3)], ["p1", "p2", "p3"])
+        self.assertEqual([p["name"] for p in nearest_on_frontier(points, 0.95, 2)], ["p3", "p4"])
 
 
 class TestStudy(StudyCase):

@@ -102,6 +102,20 @@ class TestTrainRL(TrainRLTestCase):
         self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
         self.assertEqual(read_checkpoint(exp / "rl_checkpoint_final.pth")["global_step"], step + 16)
 
+    def test_sigterm_during_the_study_ends_the_run_as_stopped(self):
+        self.rl_config.write_text(yaml.safe_dump(rl_config(**{**TINY_RL, "RL_ABLATION_NUM_PROMPTS": 300})))
+        proc = subprocess.Popen([PYTHON, *self.args()], cwd=PROJECT_ROOT, env={**os.environ, **self.env},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(proc.kill)
+        wait_for(lambda: list((self.tmp / "experiments").glob("*/rl_checkpoint_final.pth")), timeout=180,
+                 message="the end of PPO")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 143, err[-2000:])
+        exp = self.experiment()
+        self.assertEqual(json.loads((exp / "dashboard_metrics/status.json").read_text())["status"], "stopped")
+        self.assertFalse((exp / "ablation_results.json").exists())
+
     def test_errors_are_one_line(self):
         bad_rl = self.tmp / "bad.yaml"
         bad_rl.write_text(yaml.safe_dump({k: v for k, v in rl_config(**TINY_RL).items() if k != "RL_GAMMA"}))
