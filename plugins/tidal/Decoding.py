@@ -321,7 +321,7 @@ class EDTDecoder(Decoder):
 
     def decode(self, logits, history, lengths, action=None) -> DecodeStep:
         log_probs = logits.float().log_softmax(dim=-1)
-        entropy = -(log_probs.exp() * log_probs).sum(dim=-1).clamp_min(1e-3)
+        entropy = (-(log_probs.exp() * log_probs).sum(dim=-1)).clamp_min(1e-3)
         temperature = (self.t0 * self.n ** (self.theta / entropy)).clamp_min(1e-3)
         B = logits.shape[0]
         params = SamplingParams(temperature, torch.zeros(B, dtype=torch.long, device=logits.device),

@@ -44,6 +44,13 @@ EXIT_STOPPED = 128 + signal.SIGTERM
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
+ORACLE_READING = {
+    "learned above the frontier": " The reward can lead above the frontier on the held-out judge (an upper bound: the "
+                                  "oracle sees the random draw).",
+    "outside the frontier's range": " It is less diverse than every fixed decoder, so there is nothing to compare.",
+}
+
+
 class Stopped(Exception):
     """A stop signal outside PPO (the dev sweep, the study): nothing to checkpoint, the run ends as stopped."""
 
@@ -165,10 +172,9 @@ def run(args, lm_config, rl_config, model, device, exp_dir: Path, logger, metric
     check = oracle_check(player, sets["dev"], judges["eval"], rl_config, dev,
                          float(rl_config["RL_LAGRANGE_MULTIPLIER_INIT"]) if reward_computer.weights["overlap"] == 0
                          else 0.0)
-    print("oracle check on dev, before PPO: " + gap_text("the per-token oracle", check)
-          + ("" if check["verdict"] == "learned above the frontier" else
-             " Even the oracle does not clear the frontier under this reward, so a learned controller can at best "
-             "match it (ADR 0015)."), flush=True)
+    print("oracle check on dev, before PPO: " + gap_text("the per-token oracle", check) + ORACLE_READING.get(
+        check["verdict"], " Even the oracle does not clear the frontier under this reward, so a learned controller can "
+        "at best match it: the reward, not the optimiser, would need changing (ADR 0015)."), flush=True)
 
     gate_params = freeze_lm_except_gates(model) if rl_config["RL_UNFREEZE_DYNAMIC_GATES"] else None
     extra_state = {"action_base": base if rl_config["RL_ACTION_MODE"] == "residual" else None,

@@ -6,7 +6,9 @@ import unittest
 import torch
 
 from plugins.tidal.Decoding import (
-    apply_repetition_penalty, filter_logits, invert_cdf, sample_from_probs, sample_tokens, validate_sampling,
+    DECODERS, ControlledDecoder, Decoder, EDTDecoder, MirostatDecoder, PlainDecoder, SamplingParams,
+    apply_repetition_penalty, filter_logits, invert_cdf, make_decoder, sample_from_probs, sample_tokens,
+    validate_sampling,
 )
 
 
@@ -154,3 +156,63 @@ class TestBlockedInverseCDF(unittest.TestCase):
     def test_small_vocabularies_use_one_cumsum(self):
         probs = torch.tensor([[0.1, 0.0, 0.6, 0.3]])
         self.assertEqual([invert_cdf(probs, torch.tensor([u])).item() for u in (0.05, 0.1, 0.69, 0.71)], [0, 2, 2, 3])
+
+
+class TestDecoders(unittest.TestCase):
+    """The decoder classes behind the one protocol: decode -> DecodeStep, observe, reset_rows."""
+
+    def test_edt_is_sharp_where_the_model_is_sure_and_near_t0_where_it_is_not(self):
+        peaked = torch.full((1, 50), -20.0)
+        peaked[0, 3] = 10.0
+        flat = torch.zeros(1, 50)
+        decoder = EDTDecoder(t0=1.2, theta=1.0, n=0.8)
+        sure = float(decoder.decode(peaked, torch.zeros(1, 0, dtype=torch.long), None).params.temperature[0])
+        unsure = float(decoder.decode(flat, torch.zeros(1, 0, dtype=torch.long), None).params.temperature[0])
+        self.assertLess(sure, 0.01)
+        self.assertAlmostEqual(unsure, 1.2 * 0.8 ** (1.0 / math.log(50)), places=4)
+
+    def test_mirostat_lowers_mu_after_surprising_tokens_and_resets_rows(self):
+        decoder = MirostatDecoder(tau=2.0, eta=0.5)
+        logits = torch.zeros(2, 8)  # uniform: every token costs 3 bits, within mu = 2 tau = 4
+        step = decoder.decode(logits, torch.zeros(2, 0, dtype=torch.long), None)
+        self.assertTrue(torch.isfinite(step.logits).all())
+        decoder.observe(torch.tensor([0, 1]), step)  # 3 bits of surprise > tau: mu = 4 - 0.5 (3 - 2)
+        torch.testing.assert_close(decoder.mu, torch.tensor([3.5, 3.5]))
+        decoder.reset_rows(torch.tensor([1]))
+        self.assertEqual(decoder.mu.tolist(), [3.5, 4.0])
+        tight = MirostatDecoder(tau=1.0).decode(logits, torch.zeros(2, 0, dtype=torch.long), None)
+        self.assertEqual(torch.isfinite(tight.logits).sum(dim=1).tolist(), [1, 1])  # mu 2 < 3 bits: the top only
+
+    def test_greedy_min_p_and_a_windowed_penalty(self):
+        logits = torch.tensor([[3.0, 2.9, 0.0, -1.0]])
+        history = torch.tensor([[0, 2, 2, 2]])  # token 0 is outside a window of 3
+        greedy = make_decoder("greedy").decode(logits, history, None)
+        self.assertEqual(torch.isfinite(greedy.logits).nonzero()[:, 1].tolist(), [0])
+        min_p = make_decoder("min_p", min_p=0.5).decode(logits, history, None)
+        self.assertEqual(torch.isfinite(min_p.logits).nonzero()[:, 1].tolist(), [0, 1])
+        windowed = PlainDecoder(repetition_penalty=2.0, penalty_window=3).decode(logits, history, None)
+        torch.testing.assert_close(windowed.logits, logits)  # only token 2 (logit 0, unchanged) is in the window
+        whole = PlainDecoder(repetition_penalty=2.0).decode(logits, history, None)
+        self.assertEqual(whole.logits[0, 0].item(), 1.5)
+
+    def test_make_decoder_names_and_errors(self):
+        for name in DECODERS:
+            self.assertIsInstance(make_decoder(name), Decoder)
+        with self.assertRaisesRegex(ValueError, "unknown decoder 'beam'"):
+            make_decoder("beam")
+        with self.assertRaisesRegex(ValueError, "decoder 'edt'"):
+            make_decoder("edt", top_k=5)
+
+    def test_a_controlled_decoder_needs_an_action(self):
+        class Space:
+            def __call__(self, action):
+                return SamplingParams.constant(action.shape[0], action.device, temperature=0.0)
+
+            def describe(self):
+                return {}
+        decoder = ControlledDecoder(Space())
+        with self.assertRaises(ValueError):
+            decoder.decode(torch.zeros(1, 4), torch.zeros(1, 0, dtype=torch.long), None)
+        step = decoder.decode(torch.tensor([[0.0, 1.0, 0.5, 0.2]]), torch.zeros(1, 0, dtype=torch.long), None,
+                              torch.zeros(1))
+        self.assertEqual(torch.isfinite(step.logits).nonzero()[:, 1].tolist(), [1])

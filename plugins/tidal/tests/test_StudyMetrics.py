@@ -137,12 +137,23 @@ class FrontierGapTest(unittest.TestCase):
         self.assertEqual(result["verdict"], "frontier above learned")
         self.assertLess(result["ci"][1], 0.0)
 
-    def test_a_point_beyond_every_family_is_outside_the_range(self):
+    def test_a_point_less_diverse_than_every_family_is_outside_the_range(self):
         point, families = synthetic()
-        result = frontier_gap(point(0.95, 0.9), families, samples=200, seed=0)
+        result = frontier_gap(point(0.05, 0.99), families, samples=200, seed=0)
         self.assertEqual(result["verdict"], "outside the frontier's range")
         self.assertIsNone(result["gap"])
         self.assertIsNone(result["per_family"]["temperature"])
+
+    def test_beyond_the_most_diverse_point_a_family_is_held_at_that_points_quality(self):
+        # no family reaches diversity 0.95; each is credited with its most diverse point's quality, which its
+        # frontier (falling with diversity) could only lower further out: the comparison favours the families
+        point, families = synthetic()
+        result = frontier_gap(point(0.95, 0.5), families, samples=500, seed=0)
+        self.assertEqual(result["verdict"], "learned above the frontier")
+        self.assertAlmostEqual(result["gap"], 0.5 - 0.2, delta=0.03)  # temperature's most diverse point: (0.8, 0.2)
+        self.assertAlmostEqual(result["per_family"]["top_k"], 0.5 - 0.1, delta=0.03)
+        worse = frontier_gap(point(0.95, 0.1), families, samples=500, seed=0)
+        self.assertEqual(worse["verdict"], "frontier above learned")
 
     def test_point_estimates_agree_with_the_scalar_frontier(self):
         point, families = synthetic(seed=4)
