@@ -294,7 +294,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num_samples", type=int, default=1)
     p.add_argument("--gating-mode", choices=GATING_MODES, help="default: learned with --rl-agent, else none")
     p.add_argument("--modulation", type=float, help="the action for --gating-mode fixed (default: m = 0.5)")
-    p.add_argument("--rl-agent", action="store_true", help="let the trained PPO agent choose m (gating mode learned)")
+    p.add_argument("--rl-agent", action="store_true", help="let the trained PPO agent choose the action per token (gating mode learned)")
     p.add_argument("--rl-checkpoint", help="RL checkpoint (rl_checkpoint_final.pth)")
     p.add_argument("--rl-config", help="RL config YAML (default: the one stored in the RL checkpoint)")
     p.add_argument("--device", default="cpu")

@@ -21,6 +21,7 @@ if __name__ == "__main__":  # before torch is imported: a re-exec is then nearly
     reexec_with_tuned_malloc()
 
 import argparse
+import re
 import signal
 import sys
 from pathlib import Path
@@ -65,9 +66,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rl-config", default=str(RL_CONFIG_PATH), help="RL config YAML")
     p.add_argument("--checkpoint", required=True, help="trained LM checkpoint (.pth)")
     p.add_argument("--timesteps", type=int, help="override RL_TOTAL_TIMESTEPS")
-    p.add_argument("--resume", metavar="RL_CKPT", help="continue from an RL checkpoint")
-    p.add_argument("--ablation", action="store_true", help="run the ablation (alone when --resume is given and "
-                                                           "no --timesteps)")
+    p.add_argument("--resume", metavar="RL_CKPT", help="continue from an RL checkpoint (of any RL seed: finished "
+                                                       "seeds are reused, the rest trained)")
+    p.add_argument("--ablation", action="store_true", help="with --resume and no --timesteps: skip training and run "
+                                                           "the study on the run's finished seeds (the study always "
+                                                           "follows training)")
     p.add_argument("--experiment-dir", help="write into this directory instead of a new experiments/<id>/")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an RL config value")
     args = p.parse_args(argv)
@@ -83,6 +86,8 @@ def prepare_dir(args, lm_config_path: Path, rl_config_path: Path, lm_config: dic
     if args.experiment_dir or args.resume:
         exp_dir = resolve_project_path(args.experiment_dir) if args.experiment_dir else \
             resolve_project_path(args.resume).parent
+        if not args.experiment_dir and re.fullmatch(r"seed_\d+", exp_dir.name):  # a later RL seed's checkpoint
+            exp_dir = exp_dir.parent
         exp_dir.mkdir(parents=True, exist_ok=True)
         return exp_dir
     checkpoint = resolve_project_path(args.checkpoint)
@@ -180,25 +185,34 @@ def run(args, lm_config, rl_config, model, device, exp_dir: Path, logger, metric
     extra_state = {"action_base": base if rl_config["RL_ACTION_MODE"] == "residual" else None,
                    "lm_checkpoint": str(resolve_project_path(args.checkpoint))}
     agents, lam = [], 0.0
+    resume = resolve_project_path(args.resume) if args.resume else None
     seeds = [int(s) for s in rl_config["RL_SEEDS"]]
     for i, seed in enumerate(seeds):
         seed_dir = exp_dir if i == 0 else exp_dir / f"seed_{seed}"
+        final = seed_dir / "rl_checkpoint_final.pth"
+        # a resumed run continues the seed whose checkpoint it names, reuses the seeds already finished, and trains
+        # the rest; a study-only run (--ablation --resume) measures every seed that finished
+        if resume is not None and resume.parent == seed_dir:
+            start, steps = resume, args.timesteps if train else 0
+        elif resume is not None and final.is_file():
+            start, steps = final, 0
+        elif train:
+            start, steps = None, args.timesteps
+        else:
+            continue
         trainer = train_seed(seed, model, action_space, reward_computer, sets["train"].prompts, rl_config, device,
-                             seed_dir, metrics if i == 0 else None, gate_params,
-                             args.timesteps if train else 0, args.resume if i == 0 else None, extra_state)
+                             seed_dir, metrics if i == 0 else None, gate_params, steps, start, extra_state)
         if trainer.stop_requested == "terminate":
             path = trainer.save_checkpoint(seed_dir / "rl_checkpoint_interrupted.pth")
             metrics.finalize("stopped")
             print(f"stopped; resume with --resume {path}", file=sys.stderr)
             return EXIT_STOPPED
-        if train:
-            trainer.save_checkpoint(seed_dir / "rl_checkpoint_final.pth")
+        if steps != 0:
+            trainer.save_checkpoint(final)
             logger.info("RL seed %d finished: %d timesteps", seed, trainer.global_step)
         agents.append((f"learned (RL seed {seed})", trainer.agent.eval()))
         if trainer.lagrange is not None:
             lam = trainer.lagrange.value
-        if not train:
-            break  # --ablation on a checkpoint: the one agent it holds
     results = run_study(player, sets, judges["eval"], rl_config, dev, agents, oracle_lambda=lam, oracle_dev=check,
                         protocol=rl_config["RL_STUDY_PROTOCOL"], experiment_dir=exp_dir,
                         judge_provenance={r: j.provenance for r, j in judges.items()})

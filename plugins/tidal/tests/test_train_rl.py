@@ -70,7 +70,8 @@ class TestTrainRL(TrainRLTestCase):
         self.assertIn("verdict:", proc.stdout)
         self.assertIn("human continuation", proc.stdout)
 
-    def test_a_study_added_to_a_finished_run_lands_in_that_run(self):
+    def test_a_study_added_to_a_finished_run_lands_in_that_run_with_every_seed(self):
+        self.rl_config.write_text(yaml.safe_dump(rl_config(**{**TINY_RL, "RL_SEEDS": [42, 43]})))
         first = run_python(*self.args(), env=self.env, timeout=300)
         self.assertEqual(first.returncode, 0, first.stderr[-3000:])
         exp = self.experiment()
@@ -79,8 +80,11 @@ class TestTrainRL(TrainRLTestCase):
                            timeout=300)
         self.assertEqual(again.returncode, 0, again.stderr[-3000:])
         self.assertEqual([exp], list((self.tmp / "experiments").iterdir()))  # no new, chartless experiment
-        self.assertTrue((exp / "ablation_results.json").is_file())
-        self.assertEqual(read_checkpoint(exp / "rl_checkpoint_final.pth")["global_step"], 32)  # not retrained
+        study = json.loads((exp / "ablation_results.json").read_text())
+        self.assertEqual([p["name"] for p in study["learned"]],
+                         ["learned (RL seed 42)", "learned (RL seed 43)", "learned (mean over seeds)"])
+        for final in (exp / "rl_checkpoint_final.pth", exp / "seed_43" / "rl_checkpoint_final.pth"):
+            self.assertEqual(read_checkpoint(final)["global_step"], 32)  # not retrained
 
     def test_sigterm_saves_an_interrupted_checkpoint_that_resumes(self):
         self.rl_config.write_text(yaml.safe_dump(rl_config(**{**TINY_RL, "RL_TOTAL_TIMESTEPS": 10 ** 7})))
