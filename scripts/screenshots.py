@@ -3,8 +3,15 @@
     python scripts/screenshots.py [--experiments DIR] [--out docs/images]
 
 Starts the dashboard on the experiments directory (a private port and token), opens it in headless Debian Chromium
-and saves docs/images/dashboard-training.png (the newest LM run's charts), dashboard-rl-gating.png (the newest RL
-run's charts) and generation-output.png (a learned-controller sample next to plain sampling, tokens coloured by m).
+and saves five pictures in docs/images:
+
+- dashboard-training.png: the LM run's charts (the source of the newest RL run with an ablation);
+- dashboard-rl-gating.png: that RL run's charts;
+- ablation-frontier.png: that RL run's Ablation tab (the verdict, the quality–diversity frontier plot, the table of
+  every evaluated decoder and its column legend);
+- dashboard-runs.png: the runs table (#/runs) with the LM and the RL run ticked and their config diff shown;
+- generation-output.png: a learned-controller sample (on the RL agent's own LM) next to plain temperature / top-k /
+  top-p sampling of the same LM and seed, tokens coloured by the action m.
 """
 from __future__ import annotations
 
@@ -49,11 +56,13 @@ def shoot(url: str, lm: dict, rl: dict, out: Path) -> list[Path]:
         page = browser.new_page(viewport=VIEWPORT, color_scheme="light")
         page.set_default_timeout(60_000)
 
-        def save(name: str):
-            # the page scrolls inside <main>: grow the viewport to its content so the picture holds the whole view
+        def save(name: str, max_height: int = 2400):
+            # the page scrolls inside <main>: grow the viewport to its content (up to max_height) so the picture holds
+            # the whole view
             height = page.evaluate("document.querySelector('header').offsetHeight"
                                    " + document.querySelector('main').scrollHeight")
-            page.set_viewport_size({"width": VIEWPORT["width"], "height": min(max(height, VIEWPORT["height"]), 2400)})
+            height = min(max(height, VIEWPORT["height"]), max_height)
+            page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
             page.wait_for_timeout(500)  # charts follow their cards' new size
             page.screenshot(path=out / name)
             page.set_viewport_size(VIEWPORT)
@@ -68,21 +77,36 @@ def shoot(url: str, lm: dict, rl: dict, out: Path) -> list[Path]:
         charts_of(lm["id"], "Losses/Total", "dashboard-training.png")
         charts_of(rl["id"], "episode_rewards", "dashboard-rl-gating.png")
 
+        page.goto(f"{url}/#/exp/{rl['id']}?tab=ablation")
+        page.wait_for_selector('[data-testid="frontier-plot"] [data-testid="learned-point"]')
+        page.wait_for_selector('[data-testid="ablation-legend"]')
+        save("ablation-frontier.png", max_height=6000)  # every row of the table and the legend under it
+
+        page.goto(f"{url}/#/runs")
+        for exp_id in (lm["id"], rl["id"]):
+            page.locator(f'[data-testid="run-row"][data-id="{exp_id}"] input.run-select').check()
+        page.click("#runs-diff")
+        page.wait_for_selector('[data-testid="config-diff-box"] h3')  # the diff has answered (table or "same config")
+        save("dashboard-runs.png", max_height=VIEWPORT["height"])  # the table and the diff's first rows
+
         model = next(c for c in reversed(lm["checkpoints"]) if "_v" in c)  # the final weights, e.g. transformer-lm_v1.0.0
         controller = "rl_checkpoint_final.pth" if "rl_checkpoint_final.pth" in rl["checkpoints"] else rl["checkpoints"][-1]
         page.goto(f"{url}/#/generate")
         page.wait_for_selector("#gen-run")
-        page.select_option("#gen-checkpoint", f"experiments/{lm['id']}/{model}")
         page.fill("#gen-prompt", "Once upon a time, there was a little girl named Lily.")
         page.fill("#gen-seed", "7")
+        # A: the controller on the LM it was trained on (choosing learned mode selects "The RL agent's own LM")
         page.select_option("#gen-mode", "learned")
+        page.select_option("#gen-checkpoint", "")
         page.select_option("#gen-rl-checkpoint", f"experiments/{rl['id']}/{controller}")
         page.check("#gen-compare")  # B: the same model and seed, plain sampling
+        page.select_option("#gen-mode-b", "none")  # before the checkpoint: a mode change may reset it
         page.select_option("#gen-checkpoint-b", f"experiments/{lm['id']}/{model}")
-        page.select_option("#gen-mode-b", "none")
+        page.select_option("#gen-decoder-b", "plain")
         page.click("#gen-run")
         page.wait_for_selector('[data-testid="gen-output"] span.tok')
-        page.wait_for_selector("#gen-run:enabled")  # both sides have answered
+        page.wait_for_selector('[data-testid="gen-stop-b"]')  # B has answered too
+        page.wait_for_selector("#gen-run:enabled")
         page.wait_for_selector('[data-testid="gen-chart"] canvas')
         save("generation-output.png")
     return saved

@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a file: make the project root importable
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,7 @@ class PolicyController(GenerationController):
     def __init__(self, policy, action_space, observer=None, feed_gates: bool = False, deterministic: bool = False,
                  device="cpu"):
         self.decoder = ControlledDecoder(action_space)
+        self.action_space = action_space
         self.policy, self.observer, self.deterministic, self.device = policy, observer, deterministic, device
         # the gates were trained on m in [0, 1]; a discrete index means nothing to them
         self.feed_gates = feed_gates and action_space.kind == "continuous"
@@ -90,10 +92,16 @@ class PolicyController(GenerationController):
             self.observer.observe(token, self._logits)
 
     def trajectory(self, row: int, length: int, token_text) -> dict:
-        """Row `row`'s first `length` steps: the action, the parameters it set, the tokens."""
+        """Row `row`'s first `length` steps: the action, the parameters it set, the tokens, and each step's `tone` in
+        [0, 1] (cool to hot) for colouring: m itself, or for a residual index its temperature against the base."""
         ids = [int(t[row]) for t in self.tokens[:length]]
-        return {"gateSignals": [[float(a[row])] for a in self.actions[:length]],
-                "effects": [p.row(row) for p in self.params[:length]],
+        effects = [p.row(row) for p in self.params[:length]]
+        if self.action_space.kind == "continuous":
+            tone = [float(a[row]) for a in self.actions[:length]]
+        else:  # log-ratio to the base temperature, ±30 % mapped onto the full scale
+            base = self.action_space.base["temperature"]
+            tone = [min(1.0, max(0.0, 0.5 + 0.5 * math.log(e["temperature"] / base) / math.log(1.3))) for e in effects]
+        return {"gateSignals": [[float(a[row])] for a in self.actions[:length]], "effects": effects, "tone": tone,
                 "tokenIds": ids, "tokenTexts": [token_text(i) for i in ids]}
 
 

@@ -44,7 +44,7 @@ const finite = (v) => typeof v === "number" && Number.isFinite(v);
 const isStudy = (r) => r && typeof r === "object" && r.families && typeof r.families === "object" && r.verdict && typeof r.verdict === "object";
 
 function frontierPlot(results) {
-  const width = 760, height = 420, left = 64, right = 170, top = 16, bottom = 46;
+  const width = 980, height = 440, left = 64, right = 330, top = 16, bottom = 46;  // room for the legend's full labels
   const plotW = width - left - right, plotH = height - top - bottom;
   const families = Object.entries(results.frontier || {}).filter(([, pts]) => Array.isArray(pts) && pts.length);
   const learned = (results.learned || []).filter((p) => finite(p?.judge_nll) && finite(p?.diversity));

@@ -15,8 +15,8 @@ export function mColour(m) {
   return `rgba(${r}, ${g}, ${b}, ${(0.14 + 0.5 * t).toFixed(3)})`;
 }
 
-const legend = () => h("div", { class: "m-legend" }, h("span", {}, "m = 0"), h("i", { class: "m-scale" }), h("span", {}, "1"),
-  h("small", { class: "muted" }, "the action sets temperature, top-k, top-p, min-p and repetition penalty for each token"));
+const legend = () => h("div", { class: "m-legend" }, h("span", {}, "cooler"), h("i", { class: "m-scale" }), h("span", {}, "hotter"),
+  h("small", { class: "muted" }, "colour: m, or a residual action's temperature against its base decoder; each action sets temperature, top-k, top-p, min-p and repetition penalty for its token"));
 
 const STOP_TEXT = { eos: "stopped at end-of-text", length: "stopped at the length limit" };
 const AGENT_LM = ""; // the LM option that leaves the choice to the server: the one the RL agent was trained on
@@ -102,7 +102,8 @@ function configPanel(sfx, route) {
     const ms = t.gateSignals.map((g) => (Array.isArray(g) ? g[0] : g)); // one action per token (B=1 rows)
     mount(output, h("span", { class: "prompt" }, prompt), t.tokenTexts.map((text, i) => {
       const e = t.effects[i] || {};
-      return h("span", { class: "tok", "data-m": ms[i].toFixed(2), style: `background:${mColour(ms[i])}`,
+      const tone = t.tone ? t.tone[i] : ms[i];
+      return h("span", { class: "tok", "data-m": ms[i].toFixed(2), style: `background:${mColour(tone)}`,
         title: `action ${ms[i].toFixed(2)} · T=${fmtNum(e.temperature, 3)}, top-k=${e.top_k}, top-p=${fmtNum(e.top_p, 3)}, min-p=${fmtNum(e.min_p, 3)}, rep=${fmtNum(e.repetition_penalty, 3)}` }, text);
     }));
     mount(legendSlot, legend());
