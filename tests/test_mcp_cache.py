@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import time
 import unittest
 from pathlib import Path
 
@@ -243,7 +244,8 @@ class CacheThroughDashboardTest(TempDirTestCase):
             self.call("get_metrics", experiment_id=RUNNING)
         self.assertEqual(self.requests.count(f"/api/experiments/{RUNNING}/metrics"), 2)
         self.assertEqual(list(self.cache.directory.rglob("*.json")), [])
-        self.redis_client.set(KEYS.status(RUNNING), json.dumps({"status": "completed", "timestamp": 1.0}))
+        # newer than the "training" record on disk: the newer status wins (issue 15)
+        self.redis_client.set(KEYS.status(RUNNING), json.dumps({"status": "completed", "timestamp": time.time()}))
         self.assertEqual(self.call("get_status", experiment_id=RUNNING)["status"]["status"], "completed")
         self.call("get_metrics", experiment_id=RUNNING)
         self.call("get_metrics", experiment_id=RUNNING)
