@@ -9,8 +9,8 @@ import json
 import time
 import unittest
 
-from tests.browser import ConsoleErrors, browser_unavailable, chromium
-from tests.support import LiveDashboardTestCase, write_tiny_experiment
+from tests.browser import BrowserTestCase, browser_unavailable
+from tests.support import write_tiny_experiment
 
 LM = "20260101-120000-commit_nogit-config_0123456789"
 EOS = "20260101-120002-commit_nogit-config_0123456789"
@@ -30,7 +30,7 @@ def make_eos_lm(exp_dir) -> None:
 
 
 @unittest.skipIf(browser_unavailable(), browser_unavailable() or "")
-class GeneratePageTest(LiveDashboardTestCase):
+class GeneratePageTest(BrowserTestCase):
     @classmethod
     def populate(cls, root):
         from tests.test_dashboard_generate import make_rl_checkpoint
@@ -41,23 +41,8 @@ class GeneratePageTest(LiveDashboardTestCase):
         (root / RL / "metadata.json").write_text(json.dumps({"type": "rl", "created_at": time.time(),
                                                              "source_experiment": LM}))
 
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls._browser_cm = chromium()
-        cls.browser = cls._browser_cm.__enter__()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._browser_cm.__exit__(None, None, None)
-        super().tearDownClass()
-
     def setUp(self):
-        self.context = self.browser.new_context(viewport={"width": 1400, "height": 900})
-        self.addCleanup(self.context.close)
-        self.page = self.context.new_page()
-        self.page.set_default_timeout(15_000)
-        self.errors = ConsoleErrors(self.page)
+        super().setUp()
         self.page.goto(f"{self.server.url}/#/generate")
         self.page.wait_for_function("document.querySelectorAll('#gen-checkpoint option').length > 2")
 

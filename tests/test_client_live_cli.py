@@ -15,15 +15,15 @@ import unittest
 import yaml
 
 from MetricsLogger import MetricsLogger, read_jsonl
-from tests.browser import ConsoleErrors, browser_unavailable, chromium
-from tests.support import PROJECT_ROOT, PYTHON, LiveDashboardTestCase, tiny_config, wait_for
+from tests.browser import BrowserTestCase, browser_unavailable
+from tests.support import PROJECT_ROOT, PYTHON, tiny_config, wait_for
 
 FAILED = "20260105-120000-commit_nogit-config_0123456789"
 HUB_ERROR = "dataset 'x/y': the Hugging Face Hub is unreachable and it is not in the local cache"
 
 
 @unittest.skipIf(browser_unavailable(), browser_unavailable() or "")
-class LiveCliRunTest(LiveDashboardTestCase):
+class LiveCliRunTest(BrowserTestCase):
     @classmethod
     def populate(cls, root):
         exp = root / FAILED
@@ -31,24 +31,6 @@ class LiveCliRunTest(LiveDashboardTestCase):
         (exp / "metadata.json").write_text('{"type": "lm"}')
         MetricsLogger(exp, redis_url="").finalize("failed", error=HUB_ERROR)
         (exp / "training.log").write_text("".join(f"INFO step {i}\n" for i in range(200)) + f"error: {HUB_ERROR}\n")
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls._browser_cm = chromium()
-        cls.browser = cls._browser_cm.__enter__()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._browser_cm.__exit__(None, None, None)
-        super().tearDownClass()
-
-    def setUp(self):
-        self.context = self.browser.new_context(viewport={"width": 1400, "height": 900})
-        self.addCleanup(self.context.close)
-        self.page = self.context.new_page()
-        self.page.set_default_timeout(15_000)
-        self.errors = ConsoleErrors(self.page)
 
     def start_cli_run(self) -> subprocess.Popen:
         """`python -m plugins.tidal.Main` as typed in a shell: no REDIS_URL, only the experiments directory."""
