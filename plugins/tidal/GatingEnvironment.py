@@ -3,7 +3,9 @@
 Rows come in groups of K = RL_SAMPLES_PER_PROMPT: the K rows of a group generate K samples of the same prompt, so
 the reward can score set-level diversity (ADR 0015). A group starts together from a prompt of the given prompt set;
 a row whose sample ends (`<|endoftext|>` terminates it, RL_MAX_EPISODE_LENGTH truncates it, and the observation it
-ended on is returned in `info["final_obs"]` for the PPO bootstrap) goes idle until every row of its group has ended;
+ended on is returned in `info["final_obs"]` for the PPO bootstrap; with RL_EOT_BOOTSTRAP an `<|endoftext|>` is
+reported as a truncation too, so that ending the text early never saves the policy its future per-token costs)
+goes idle until every row of its group has ended;
 then the group restarts with the next prompt. Idle rows keep stepping (one batched forward serves all) but their
 transitions are flagged `info["active"] = False` and reported as terminated, so nothing learns from or bootstraps
 through them.
@@ -166,6 +168,7 @@ class GatingEnvironment:
         scale = (action_space.num_actions - 1) if getattr(action_space, "kind", "") == "discrete" else 1.0
         self.observe = ObservationBuilder(rl_config, model.config, action_scale=scale)
         self.max_steps = rl_config["RL_MAX_EPISODE_LENGTH"]
+        self.eot_bootstraps = bool(rl_config["RL_EOT_BOOTSTRAP"])
         self.history_len = max(len(p) for p in prompts) + self.max_steps
         if self.history_len > model.max_context_length:
             raise ValueError(f"prompt + episode ({self.history_len} tokens) exceed MAX_CONTEXT_LENGTH "
@@ -276,8 +279,12 @@ class GatingEnvironment:
         self.lengths += active
         self.steps += active
         self.episode_return += reward
-        terminated = active & (token == EOT_TOKEN_ID)
-        truncated = active & (self.steps >= self.max_steps) & ~terminated
+        ended_text = active & (token == EOT_TOKEN_ID)
+        truncated = active & (self.steps >= self.max_steps) & ~ended_text
+        if self.eot_bootstraps:  # the text ended, the return does not: ending early saves no future (negative) reward
+            terminated, truncated = torch.zeros_like(ended_text), truncated | ended_text
+        else:
+            terminated = ended_text
         self._forward(token, action)  # the one batched LM forward of this step
         self.prev_action = torch.where(active, action, self.prev_action)
         obs = self._observation()

@@ -110,19 +110,22 @@ class TestGroups(unittest.TestCase):
         self.assertTrue(env.active.all())
 
     def test_an_ended_row_idles_until_its_siblings_end(self):
-        model = tiny_model()
-        env = make_env(num_envs=2, group=2, model=model, mode="residual")
-        env.reset()
-        with torch.no_grad():
-            env.logits[0, EOT_TOKEN_ID] = 1e4  # row 0 ends the story now; row 1 goes on
-        _, reward, term, trunc, info = env.step(torch.zeros(2))
-        self.assertEqual((term.tolist(), trunc.tolist()), ([True, False], [False, False]))
-        self.assertEqual(env.active.tolist(), [False, True])
-        _, reward, term, _, info = env.step(torch.zeros(2))
-        self.assertEqual(info["active"].tolist(), [False, True])
-        self.assertEqual(float(reward[0]), 0.0)
-        self.assertTrue(bool(term[0]))  # idle transitions read as ended: nothing bootstraps through them
-        self.assertEqual(int(info["tokens"][0]), EOT_TOKEN_ID)
+        for bootstrap in (False, True):
+            with self.subTest(eot_bootstraps=bootstrap):
+                env = make_env(num_envs=2, group=2, mode="residual", RL_EOT_BOOTSTRAP=bootstrap)
+                env.reset()
+                with torch.no_grad():
+                    env.logits[0, EOT_TOKEN_ID] = 1e4  # row 0 ends the story now; row 1 goes on
+                _, reward, term, trunc, info = env.step(torch.zeros(2))
+                # a terminal end, or (bootstrapping) a truncation: the value of what follows stays in the return
+                self.assertEqual((term.tolist(), trunc.tolist()),
+                                 (([False, False], [True, False]) if bootstrap else ([True, False], [False, False])))
+                self.assertEqual(env.active.tolist(), [False, True])
+                _, reward, term, _, info = env.step(torch.zeros(2))
+                self.assertEqual(info["active"].tolist(), [False, True])
+                self.assertEqual(float(reward[0]), 0.0)
+                self.assertTrue(bool(term[0]))  # idle transitions read as ended: nothing bootstraps through them
+                self.assertEqual(int(info["tokens"][0]), EOT_TOKEN_ID)
 
 
 class TestDecoders(unittest.TestCase):
