@@ -207,16 +207,18 @@ def make_point(name: str, family: str, params: dict, prompts: list[list[int]], s
 
 
 def nearest_on_frontier(points: list[dict], diversity: float, count: int) -> list[dict]:
-    """The family's dev Pareto points (all of them when count is 0), else the `count` whose dev diversity lies
-    nearest `diversity`, always including the two that bracket it when they exist: enough to interpolate the
-    family's test frontier where the verdict is read, without replaying every grid point on test."""
+    """The family's dev Pareto points (all of them when count is 0), else `count` of them around `diversity`: half
+    just below it and half just above where the family has them, enough to interpolate the family's test frontier
+    where the verdict is read (and where bootstrap resamples move it) without replaying every grid point on test."""
     front = sorted((p for p in points if p["name"] in _frontier_names(points)), key=lambda p: p["diversity"])
     if count <= 0 or len(front) <= count:
         return front
-    below = [p for p in front if p["diversity"] <= diversity][-1:]
-    above = [p for p in front if p["diversity"] > diversity][:1]
-    rest = sorted((p for p in front if p not in below + above), key=lambda p: abs(p["diversity"] - diversity))
-    keep = (below + above + rest)[:count]
+    # as many on each side as fit, nearest first, so resampled diversities stay inside the replayed range
+    below = [p for p in front if p["diversity"] <= diversity][::-1]
+    above = [p for p in front if p["diversity"] > diversity]
+    half = count // 2
+    take_below = min(len(below), max(half, count - len(above)))
+    keep = below[:take_below] + above[:count - take_below]
     return sorted(keep, key=lambda p: p["diversity"])
 
 

@@ -246,7 +246,8 @@ def frontier_gap(learned: dict[str, np.ndarray], families: dict[str, list[dict[s
       at_diversity     the learned point's mean diversity;  learned_quality  its mean quality
       per_family       {family: learned − family at that diversity, or None where the learned point is less diverse
                        than any of the family's points}
-      outside_share    share of resamples where the learned point is less diverse than every family's frontier
+      outside_share    share of resamples where the learned point falls below the range of a family that reaches it
+                       on the full sample (those resamples cannot be scored fairly)
       verdict          a win only when the whole interval is above zero; "outside the frontier's range" when the
                        full-sample point is outside or more than 1 − level of the resamples are
     """
@@ -263,7 +264,10 @@ def frontier_gap(learned: dict[str, np.ndarray], families: dict[str, list[dict[s
     bounds = np.cumsum([1] + [len(families[name]) for name in names])
     per_family = np.stack([_frontier_at(mean_d[:, lo:hi], mean_q[:, lo:hi], at, extend_right=True)  # (1+S, F)
                            for lo, hi in zip(bounds[:-1], bounds[1:])], axis=1)
-    reached = ~np.isnan(per_family).all(axis=1)
+    # the families that reach the learned point on the full sample are the comparison; a resample where one of them
+    # no longer does (the learned point fell below its range) cannot be scored, rather than scored against the rest
+    in_play = ~np.isnan(per_family[0])
+    reached = in_play.any() & ~np.isnan(per_family[:, in_play]).any(axis=1)
     best = np.where(reached, np.nanmax(np.where(np.isnan(per_family), -np.inf, per_family), axis=1), np.nan)
     gaps = mean_q[:, 0] - best
     outside_share = float(np.isnan(gaps[1:]).mean())

@@ -63,8 +63,10 @@ class TestFrontierSelection(unittest.TestCase):
                                               (0.6, 2.5)])]  # p5 is dominated by p3 (less diverse, worse NLL)
         self.assertEqual([p["name"] for p in nearest_on_frontier(points, 0.55, 0)], ["p0", "p1", "p2", "p3", "p4"])
         self.assertEqual([p["name"] for p in nearest_on_frontier(points, 0.55, 2)], ["p2", "p3"])
-        self.assertEqual([p["name"] for p in nearest_on_frontier(points, 0.55, 3)], ["p1", "p2", "p3"])
+        self.assertEqual([p["name"] for p in nearest_on_frontier(points, 0.55, 4)], ["p1", "p2", "p3", "p4"])
+        self.assertEqual([p["name"] for p in nearest_on_frontier(points, 0.65, 3)], ["p2", "p3", "p4"])
         self.assertEqual([p["name"] for p in nearest_on_frontier(points, 0.95, 2)], ["p3", "p4"])
+        self.assertEqual([p["name"] for p in nearest_on_frontier(points, 0.05, 2)], ["p0", "p1"])
 
 
 class TestStudy(StudyCase):

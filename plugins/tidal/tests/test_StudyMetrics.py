@@ -144,6 +144,16 @@ class FrontierGapTest(unittest.TestCase):
         self.assertIsNone(result["gap"])
         self.assertIsNone(result["per_family"]["temperature"])
 
+    def test_a_resample_that_drops_below_a_compared_family_is_not_scored_against_the_others(self):
+        # the learned point sits on the low edge of the strong family (temperature starts at 0.2); a weak family
+        # (quality 0.1 lower) covers it everywhere. Resamples that push it below 0.2 must not count as easy wins over
+        # the weak family alone: more than 5 % of them do, so the verdict is "outside", not a win
+        point, families = synthetic()
+        weak = {"weak": [point(d, 0.8 - d - 0.1) for d in (0.0, 0.1, 0.2, 0.4)]}
+        result = frontier_gap(point(0.2, 0.81), {**families, **weak}, samples=500, seed=0)
+        self.assertGreater(result["outside_share"], 0.05)
+        self.assertEqual(result["verdict"], "outside the frontier's range")
+
     def test_beyond_the_most_diverse_point_a_family_is_held_at_that_points_quality(self):
         # no family reaches diversity 0.95; each is credited with its most diverse point's quality, which its
         # frontier (falling with diversity) could only lower further out: the comparison favours the families
