@@ -350,7 +350,8 @@ def run_study(player: Player, sets: dict[str, PromptSet], eval_judge, rl_config:
         verdict = frontier_gap(mean_arrays, family_arrays, bootstrap, BOOTSTRAP_SEED, CI_LEVEL)
     oracle_gap = frontier_gap(oracle_arrays, family_arrays, bootstrap, BOOTSTRAP_SEED, CI_LEVEL)
     verdict.update(oracle_gap=oracle_gap["gap"], oracle_ci=oracle_gap["ci"], oracle_verdict=oracle_gap["verdict"],
-                   oracle_best_family=oracle_gap["best_family"], oracle_at_diversity=oracle_gap["at_diversity"])
+                   oracle_best_family=oracle_gap["best_family"], oracle_at_diversity=oracle_gap["at_diversity"],
+                   oracle_short_families=oracle_gap["short_families"])
     verdict["text"] = _verdict_text(verdict, len(agents))
     results = {
         "protocol": {
@@ -382,7 +383,8 @@ def run_study(player: Player, sets: dict[str, PromptSet], eval_judge, rl_config:
 def gap_text(who: str, g: dict) -> str:
     """One sentence for a `frontier_gap` result."""
     if g.get("gap") is None:
-        return f"{who}: {g['verdict']}."
+        short = g.get("short_families")
+        return f"{who}: {g['verdict']}" + (f" (less diverse than every point of {', '.join(short)})." if short else ".")
     return (f"{who} − the best interpolated fixed decoder ({g['best_family']}) at diversity {g['at_diversity']:.3f} "
             f"= {g['gap']:+.3f} [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}] in −judge NLL (nats/token): {g['verdict']}.")
 
@@ -390,9 +392,9 @@ def gap_text(who: str, g: dict) -> str:
 def _verdict_text(v: dict, seeds: int) -> str:
     oracle = gap_text(" The per-token oracle", {"gap": v["oracle_gap"], "ci": v["oracle_ci"], "verdict":
                                                  v["oracle_verdict"], "best_family": v.get("oracle_best_family"),
-                                                 "at_diversity": v.get("oracle_at_diversity")})
-    learned = f"learned ({seeds} RL seed{'s' if seeds != 1 else ''})"
-    return (gap_text(learned, v) if v.get("gap") is not None else f"{v['verdict']}.") + oracle
+                                                 "at_diversity": v.get("oracle_at_diversity"),
+                                                 "short_families": v.get("oracle_short_families")})
+    return gap_text(f"learned ({seeds} RL seed{'s' if seeds != 1 else ''})", v) + oracle
 
 
 # ------------------------------------------------------------------------------------------- the table

@@ -253,8 +253,8 @@ class GatingEnvironment:
         return torch.stack([torch.rand((), generator=g, device=self.device) for g in self.token_rngs])
 
     def decide(self, action: torch.Tensor, uniforms: torch.Tensor):
-        """What `step` would sample and score for `action` with these uniforms, without changing any state except
-        nothing: (token (N,), reward components, DecodeStep). The per-token oracle compares actions with it."""
+        """What `step` would sample and score for `action` with these uniforms, changing no state: (token (N,),
+        reward components, DecodeStep). The per-token oracle compares actions with it."""
         decided = self.decoder.decode(self.logits, self.history, self.lengths, action)
         token = invert_cdf(decided.logits.float().softmax(dim=-1), uniforms)
         token = torch.where(self.active, token, torch.full_like(token, EOT_TOKEN_ID))

@@ -246,10 +246,10 @@ def frontier_gap(learned: dict[str, np.ndarray], families: dict[str, list[dict[s
       at_diversity     the learned point's mean diversity;  learned_quality  its mean quality
       per_family       {family: learned − family at that diversity, or None where the learned point is less diverse
                        than any of the family's points}
-      outside_share    share of resamples where the learned point falls below the range of a family that reaches it
-                       on the full sample (those resamples cannot be scored fairly)
+      outside_share    share of resamples where the learned point lies below some family's range
+      short_families   the families whose frontier does not reach down to the learned diversity (full sample)
       verdict          a win only when the whole interval is above zero; "outside the frontier's range" when the
-                       full-sample point is outside or more than 1 − level of the resamples are
+                       full-sample point lies below a family's range or more than 1 − level of the resamples do
     """
     quality = _per_prompt(learned["quality"], "learned quality")
     num_prompts = quality.size
@@ -264,10 +264,10 @@ def frontier_gap(learned: dict[str, np.ndarray], families: dict[str, list[dict[s
     bounds = np.cumsum([1] + [len(families[name]) for name in names])
     per_family = np.stack([_frontier_at(mean_d[:, lo:hi], mean_q[:, lo:hi], at, extend_right=True)  # (1+S, F)
                            for lo, hi in zip(bounds[:-1], bounds[1:])], axis=1)
-    # the families that reach the learned point on the full sample are the comparison; a resample where one of them
-    # no longer does (the learned point fell below its range) cannot be scored, rather than scored against the rest
-    in_play = ~np.isnan(per_family[0])
-    reached = in_play.any() & ~np.isnan(per_family[:, in_play]).any(axis=1)
+    # every family must reach the learned diversity: one whose least diverse frontier point is still more diverse
+    # might do better down there (its grid stops short), so a point (or resample) below any family's range is not
+    # scored at all, rather than scored against the families that happen to reach it
+    reached = ~np.isnan(per_family).any(axis=1)
     best = np.where(reached, np.nanmax(np.where(np.isnan(per_family), -np.inf, per_family), axis=1), np.nan)
     gaps = mean_q[:, 0] - best
     outside_share = float(np.isnan(gaps[1:]).mean())
@@ -275,6 +275,7 @@ def frontier_gap(learned: dict[str, np.ndarray], families: dict[str, list[dict[s
               "learned_quality": float(mean_q[0, 0]), "outside_share": outside_share,
               "per_family": {name: None if np.isnan(v) else float(mean_q[0, 0] - v)
                              for name, v in zip(names, per_family[0])},
+              "short_families": [name for name, v in zip(names, per_family[0]) if np.isnan(v)],
               "verdict": VERDICTS[3]}
     if np.isnan(gaps[0]) or outside_share > 1.0 - level:
         return result

@@ -154,6 +154,15 @@ class FrontierGapTest(unittest.TestCase):
         self.assertGreater(result["outside_share"], 0.05)
         self.assertEqual(result["verdict"], "outside the frontier's range")
 
+    def test_a_point_below_one_familys_range_is_not_scored_against_the_others(self):
+        # top_k's grid starts at diversity 0.3: at 0.25 only temperature reaches the point, and top_k might do better
+        # there than its grid shows, so there is no verdict, and the report names the family that falls short
+        point, families = synthetic()
+        result = frontier_gap(point(0.25, 0.9), families, samples=200, seed=0)
+        self.assertEqual(result["verdict"], "outside the frontier's range")
+        self.assertEqual(result["short_families"], ["top_k"])
+        self.assertIsNone(result["gap"])
+
     def test_beyond_the_most_diverse_point_a_family_is_held_at_that_points_quality(self):
         # no family reaches diversity 0.95; each is credited with its most diverse point's quality, which its
         # frontier (falling with diversity) could only lower further out: the comparison favours the families
