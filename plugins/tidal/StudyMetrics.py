@@ -156,19 +156,25 @@ def _sorted_frontier(diversity: np.ndarray, quality: np.ndarray) -> tuple[np.nda
     return d, q, q > later_best
 
 
-def _frontier_at(diversity: np.ndarray, quality: np.ndarray, at: np.ndarray, extend_right: bool = False
-                 ) -> np.ndarray:
+def _frontier_at(diversity: np.ndarray, quality: np.ndarray, at: np.ndarray, extend: bool = False) -> np.ndarray:
     """For R sets of m points (R, m), the quality of each set's Pareto frontier linearly interpolated at `at` (R,);
-    NaN outside the frontier's diversity range. With `extend_right`, beyond the most diverse frontier point the
-    frontier is held at that point's quality: quality only falls along a frontier, so this is an upper bound on
-    what the family reaches there (a comparison against it favours the family)."""
+    NaN outside the frontier's diversity range. With `extend`, the frontier is read as "the best quality the family
+    reaches at this diversity or more": past its most diverse point it stays at that point's quality (quality only
+    falls along a frontier, so this bounds what the family reaches there), and below its least diverse frontier point
+    it stays at that point's quality too, as long as some point of the family is at least that undiverse (the family
+    reaches down there, only with worse text). Both favour the family. NaN remains where the family never gets as
+    low as `at`: its grid stops short, and it might do better there than anything it shows."""
     d, q, on_frontier = _sorted_frontier(diversity, quality)
     rows, m = d.shape
     index = np.arange(m)
     left = np.where(on_frontier & (d <= at[:, None]), index, -1).max(axis=1)   # last frontier point at or below
     right = np.where(on_frontier & (d >= at[:, None]), index, m).min(axis=1)   # first frontier point at or above
-    inside = (left >= 0) & ((right < m) | extend_right)
-    right = np.where(right < m, right, left)  # past the right end: the last frontier point itself
+    if extend:
+        inside = ((left >= 0) | (at >= d[:, 0])) & ((right < m) | (left >= 0))
+        left = np.where(left >= 0, left, right)    # below the frontier: its first point
+        right = np.where(right < m, right, left)   # past the frontier: its last point
+    else:
+        inside = (left >= 0) & (right < m)
     left, right = left.clip(0, m - 1), right.clip(0, m - 1)
     r = np.arange(rows)
     d_left, d_right, q_left, q_right = d[r, left], d[r, right], q[r, left], q[r, right]
@@ -238,14 +244,14 @@ def frontier_gap(learned: dict[str, np.ndarray], families: dict[str, list[dict[s
 
     Every point is a dict of per-prompt "quality" (higher is better) and "diversity" arrays over the same prompts.
     On each of `samples` resamples of the prompt indices (the same for every point: paired), each point's means are
-    recomputed, each family's frontier is interpolated at the learned point's diversity (beyond a family's most
-    diverse point, held at that point's quality — an upper bound, see `_frontier_at`), and the gap is learned
-    quality − the best family's. Returns
+    recomputed, each family's frontier is interpolated at the learned point's diversity (read as the best quality
+    the family reaches at that diversity or more, see `_frontier_at`), and the gap is learned quality − the best
+    family's. Returns
       gap, ci          point estimate and percentile interval of that gap (None when outside)
       best_family      the family highest at the learned diversity on the full sample
       at_diversity     the learned point's mean diversity;  learned_quality  its mean quality
       per_family       {family: learned − family at that diversity, or None where the learned point is less diverse
-                       than any of the family's points}
+                       than every point of the family}
       outside_share    share of resamples where the learned point lies below some family's range
       short_families   the families whose frontier does not reach down to the learned diversity (full sample)
       verdict          a win only when the whole interval is above zero; "outside the frontier's range" when the
@@ -262,7 +268,7 @@ def frontier_gap(learned: dict[str, np.ndarray], families: dict[str, list[dict[s
     mean_q, mean_d = weights @ Q.T, weights @ D.T                                        # (1 + samples, M)
     at = mean_d[:, 0]
     bounds = np.cumsum([1] + [len(families[name]) for name in names])
-    per_family = np.stack([_frontier_at(mean_d[:, lo:hi], mean_q[:, lo:hi], at, extend_right=True)  # (1+S, F)
+    per_family = np.stack([_frontier_at(mean_d[:, lo:hi], mean_q[:, lo:hi], at, extend=True)  # (1 + S, F)
                            for lo, hi in zip(bounds[:-1], bounds[1:])], axis=1)
     # every family must reach the learned diversity: one whose least diverse frontier point is still more diverse
     # might do better down there (its grid stops short), so a point (or resample) below any family's range is not

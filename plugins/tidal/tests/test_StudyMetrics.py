@@ -163,6 +163,15 @@ class FrontierGapTest(unittest.TestCase):
         self.assertEqual(result["short_families"], ["top_k"])
         self.assertIsNone(result["gap"])
 
+    def test_below_a_dominated_low_diversity_point_the_family_is_held_at_its_first_frontier_point(self):
+        # the family reaches diversity 0.1 only with worse text than its point at 0.3, which dominates it: at 0.2 the
+        # family is credited with the 0.3 point's quality (it gets that quality with more diversity)
+        point, _ = synthetic()
+        family = {"temperature": [point(0.1, 0.2), point(0.3, 0.7), point(0.6, 0.4)]}
+        result = frontier_gap(point(0.2, 0.8), family, samples=300, seed=0)
+        self.assertEqual(result["verdict"], "learned above the frontier")
+        self.assertAlmostEqual(result["gap"], 0.1, delta=0.02)
+
     def test_beyond_the_most_diverse_point_a_family_is_held_at_that_points_quality(self):
         # no family reaches diversity 0.95; each is credited with its most diverse point's quality, which its
         # frontier (falling with diversity) could only lower further out: the comparison favours the families
