@@ -207,18 +207,18 @@ def make_point(name: str, family: str, params: dict, prompts: list[list[int]], s
 
 
 def nearest_on_frontier(points: list[dict], diversity: float, count: int) -> list[dict]:
-    """The family's dev Pareto points (all of them when count is 0), else `count` of them around `diversity`: half
-    just below it and half just above where the family has them, enough to interpolate the family's test frontier
-    where the verdict is read (and where bootstrap resamples move it) without replaying every grid point on test."""
+    """The dev points a family replays on test: its Pareto points (all when count is 0, else `count` of them around
+    `diversity`, half just below and half just above where the family has them), plus its least diverse point when
+    that one is dominated — it is what shows the family reaching down to low diversity, which the verdict needs
+    (StudyMetrics.frontier_gap) even where the family's text is worse there."""
     front = sorted((p for p in points if p["name"] in _frontier_names(points)), key=lambda p: p["diversity"])
-    if count <= 0 or len(front) <= count:
-        return front
-    # as many on each side as fit, nearest first, so resampled diversities stay inside the replayed range
-    below = [p for p in front if p["diversity"] <= diversity][::-1]
-    above = [p for p in front if p["diversity"] > diversity]
-    half = count // 2
-    take_below = min(len(below), max(half, count - len(above)))
-    keep = below[:take_below] + above[:count - take_below]
+    if 0 < count < len(front):
+        below = [p for p in front if p["diversity"] <= diversity][::-1]
+        above = [p for p in front if p["diversity"] > diversity]
+        take_below = min(len(below), max(count // 2, count - len(above)))
+        front = below[:take_below] + above[:count - take_below]
+    lowest = min(points, key=lambda p: p["diversity"])
+    keep = front + ([lowest] if lowest not in front else [])
     return sorted(keep, key=lambda p: p["diversity"])
 
 
@@ -365,7 +365,8 @@ def run_study(player: Player, sets: dict[str, PromptSet], eval_judge, rl_config:
             "ci_level": CI_LEVEL, "model_cross_entropy_bits": dev_tuning["ce_bits"], "judge": judge_provenance,
             "action_space": player.action_space.describe(),
             "selection": "each family's dev Pareto frontier replayed on test" + (
-                "" if not per_family else f" (the {per_family} points nearest the learned diversity, bracketing it)"),
+                "" if not per_family else f" (the {per_family} points around the learned diversity)")
+            + ", with the family's least diverse dev point",
         },
         "families": families,
         "frontier": {f: [[p["diversity"], p["judge_nll"]] for p in sorted(v["test"], key=lambda p: p["diversity"] or 0)]

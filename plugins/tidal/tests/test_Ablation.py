@@ -57,16 +57,17 @@ class TestPairedDesign(StudyCase):
 
 
 class TestFrontierSelection(unittest.TestCase):
-    def test_the_points_replayed_on_test_bracket_the_learned_diversity(self):
+    def test_the_points_replayed_on_test_bracket_the_learned_diversity_and_reach_down(self):
         points = [{"name": f"p{i}", "diversity": d, "judge_nll": n}
                   for i, (d, n) in enumerate([(0.1, 1.0), (0.3, 1.2), (0.5, 1.5), (0.7, 2.0), (0.9, 3.0),
-                                              (0.6, 2.5)])]  # p5 is dominated by p3 (less diverse, worse NLL)
-        self.assertEqual([p["name"] for p in nearest_on_frontier(points, 0.55, 0)], ["p0", "p1", "p2", "p3", "p4"])
-        self.assertEqual([p["name"] for p in nearest_on_frontier(points, 0.55, 2)], ["p2", "p3"])
-        self.assertEqual([p["name"] for p in nearest_on_frontier(points, 0.55, 4)], ["p1", "p2", "p3", "p4"])
-        self.assertEqual([p["name"] for p in nearest_on_frontier(points, 0.65, 3)], ["p2", "p3", "p4"])
-        self.assertEqual([p["name"] for p in nearest_on_frontier(points, 0.95, 2)], ["p3", "p4"])
-        self.assertEqual([p["name"] for p in nearest_on_frontier(points, 0.05, 2)], ["p0", "p1"])
+                                              (0.6, 2.5), (0.05, 1.1)])]  # p5 dominated by p3, p6 by p0
+        names = lambda div, count: [p["name"] for p in nearest_on_frontier(points, div, count)]  # noqa: E731
+        self.assertEqual(names(0.55, 0), ["p6", "p0", "p1", "p2", "p3", "p4"])  # + the least diverse, dominated
+        self.assertEqual(names(0.55, 2), ["p6", "p2", "p3"])
+        self.assertEqual(names(0.55, 4), ["p6", "p1", "p2", "p3", "p4"])
+        self.assertEqual(names(0.65, 3), ["p6", "p2", "p3", "p4"])
+        self.assertEqual(names(0.95, 2), ["p6", "p3", "p4"])
+        self.assertEqual(names(0.07, 2), ["p6", "p0", "p1"])
 
 
 class TestStudy(StudyCase):
