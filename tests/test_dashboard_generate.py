@@ -93,7 +93,7 @@ class GenerateTest(LiveDashboardTestCase):
         t = body["trajectory"]
         self.assertEqual(len(t["tokenIds"]), body["tokensGenerated"])
         self.assertEqual(len(t["tokenTexts"]), body["tokensGenerated"])
-        self.assertEqual(set(t), {"gateSignals", "effects", "tokenIds", "tokenTexts"})
+        self.assertEqual(set(t), {"gateSignals", "effects", "tone", "tokenIds", "tokenTexts"})
 
     def test_every_decoder_runs_with_its_parameters(self):
         cases = [({"decoder": "min_p", "minP": 0.2}, {"min_p": 0.2}), ({"decoder": "greedy"}, {"temperature": 0.0}),
@@ -161,8 +161,10 @@ class GenerateTest(LiveDashboardTestCase):
 
     def test_generation_runs_off_the_event_loop(self):
         done = threading.Event()
-        threading.Thread(target=lambda: (self.generate(maxTokens=80, seed=1), done.set()), daemon=True).start()
-        time.sleep(0.05)
+        # the longest generation the API allows: the tiny model's decode loop is fast enough that 80 tokens could be
+        # over before the first health check
+        threading.Thread(target=lambda: (self.generate(maxTokens=500, seed=1), done.set()), daemon=True).start()
+        time.sleep(0.02)
         answered_during = 0
         while not done.is_set():
             if self.http.get("/api/health").status_code == 200 and not done.is_set():
