@@ -88,7 +88,7 @@ class ObservationBuilder:
         self.state[:, 2] = surprise
 
     def __call__(self, history: torch.Tensor, lengths: torch.Tensor | None, logits: torch.Tensor,
-                 hidden: torch.Tensor, steps, prev_action: torch.Tensor, prompt_lengths=None) -> torch.Tensor:
+                 hidden: torch.Tensor, steps, prev_action: torch.Tensor) -> torch.Tensor:
         """history (B, H) ids (only the first `lengths` count; all when None), raw next-token logits (B, V), hidden
         (B, E), steps (int or (B,)), prev_action (B,) -> (B, 64). Updates the entropy EMA."""
         B, H = history.shape
@@ -245,7 +245,7 @@ class GatingEnvironment:
         if not self.observations:
             return torch.zeros(self.num_envs, OBSERVATION_DIM, device=self.device)
         return self.observe(self.history, self.lengths, self.logits, self.hidden, self.steps.float(),
-                            self.prev_action, self.prompt_lengths)
+                            self.prev_action)
 
     # ---------------------------------------------------------------------------------------------- stepping
     def draw_uniforms(self) -> torch.Tensor:

@@ -64,7 +64,7 @@ class PolicyController(GenerationController):
         self.actions: list[torch.Tensor] = []
         self.params: list = []
         self.tokens: list[torch.Tensor] = []
-        self._prompt_lengths = self._logits = None
+        self._logits = None
 
     def initial_signal(self, batch: int):
         return torch.full((batch, 1), self.initial_action, device=self.device) if self.feed_gates else None
@@ -76,10 +76,8 @@ class PolicyController(GenerationController):
         else:
             if step == 0:
                 self.observer.reset(B, device)
-                self._prompt_lengths = torch.full((B,), tokens.shape[1], device=device)
             previous = self.actions[-1] if self.actions else torch.full((B,), self.initial_action, device=device)
-            obs = self.observer(tokens, None, logits, hidden, torch.full((B,), float(step), device=device), previous,
-                                self._prompt_lengths)
+            obs = self.observer(tokens, None, logits, hidden, torch.full((B,), float(step), device=device), previous)
             self._logits = logits
         action = self.policy.act(obs, deterministic=self.deterministic).reshape(-1).to(device)
         self.actions.append(action)

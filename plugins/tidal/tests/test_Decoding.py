@@ -7,7 +7,7 @@ import torch
 
 from plugins.tidal.Decoding import (
     DECODERS, ControlledDecoder, Decoder, EDTDecoder, MirostatDecoder, PlainDecoder, SamplingParams,
-    apply_repetition_penalty, filter_logits, invert_cdf, make_decoder, sample_from_probs, sample_tokens,
+    apply_repetition_penalty, filter_logits, invert_cdf, make_decoder, sample_tokens,
     validate_sampling,
 )
 
@@ -83,7 +83,6 @@ class TestSamplingFilters(unittest.TestCase):
         self.assertEqual(batch[2].item(), alone[0].item())
 
     def test_invalid_parameters_raise(self):
-        logits = torch.zeros(1, 5)
         for kwargs in ({"temperature": -1.0}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5},
                        {"repetition_penalty": 0.0}, {"temperature": float("nan")}):
             with self.subTest(**kwargs), self.assertRaises(ValueError):
