@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import torch
 import yaml
@@ -37,6 +38,21 @@ class TrainRLTestCase(TempDirTestCase):
     def args(self, *extra):
         return ["plugins/tidal/train_rl.py", "--config", str(self.lm_config), "--rl-config", str(self.rl_config),
                 "--checkpoint", str(self.checkpoint), *extra]
+
+    def stop_when(self, checkpoint: str, **overrides) -> Path:
+        """Run the seed command with `overrides`, SIGTERM it once `checkpoint` exists; assert exit 143 and a
+        stopped status; return the experiment directory."""
+        self.rl_config.write_text(yaml.safe_dump(rl_config(**{**TINY_RL, **overrides})))
+        proc = subprocess.Popen([PYTHON, *self.args()], cwd=PROJECT_ROOT, env={**os.environ, **self.env},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(proc.kill)
+        wait_for(lambda: list((self.tmp / "experiments").glob(f"*/{checkpoint}")), timeout=180, message=checkpoint)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        self.assertEqual(proc.returncode, 143, err[-2000:])
+        exp = self.experiment()
+        self.assertEqual(json.loads((exp / "dashboard_metrics/status.json").read_text())["status"], "stopped")
+        return exp
 
     def experiment(self):
         (exp,) = (self.tmp / "experiments").iterdir()
@@ -87,37 +103,17 @@ class TestTrainRL(TrainRLTestCase):
             self.assertEqual(read_checkpoint(final)["global_step"], 32)  # not retrained
 
     def test_sigterm_saves_an_interrupted_checkpoint_that_resumes(self):
-        self.rl_config.write_text(yaml.safe_dump(rl_config(**{**TINY_RL, "RL_TOTAL_TIMESTEPS": 10 ** 7})))
-        proc = subprocess.Popen([PYTHON, *self.args()], cwd=PROJECT_ROOT, env={**os.environ, **self.env},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.addCleanup(proc.kill)
-        wait_for(lambda: list((self.tmp / "experiments").glob("*/rl_checkpoint_iter_1.pth")), timeout=180,
-                 message="the first RL iteration")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-        self.assertEqual(proc.returncode, 143, err[-2000:])
-        exp = self.experiment()
+        exp = self.stop_when("rl_checkpoint_iter_1.pth", RL_TOTAL_TIMESTEPS=10 ** 7)
         interrupted = exp / "rl_checkpoint_interrupted.pth"
         step = read_checkpoint(interrupted)["global_step"]
         self.assertGreaterEqual(step, 16)
-        self.assertEqual(json.loads((exp / "dashboard_metrics/status.json").read_text())["status"], "stopped")
         resumed = run_python(*self.args("--resume", str(interrupted), "--timesteps", str(step + 16),
                                         "--experiment-dir", str(exp)), env=self.env, timeout=300)
         self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
         self.assertEqual(read_checkpoint(exp / "rl_checkpoint_final.pth")["global_step"], step + 16)
 
     def test_sigterm_during_the_study_ends_the_run_as_stopped(self):
-        self.rl_config.write_text(yaml.safe_dump(rl_config(**{**TINY_RL, "RL_ABLATION_NUM_PROMPTS": 300})))
-        proc = subprocess.Popen([PYTHON, *self.args()], cwd=PROJECT_ROOT, env={**os.environ, **self.env},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.addCleanup(proc.kill)
-        wait_for(lambda: list((self.tmp / "experiments").glob("*/rl_checkpoint_final.pth")), timeout=180,
-                 message="the end of PPO")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-        self.assertEqual(proc.returncode, 143, err[-2000:])
-        exp = self.experiment()
-        self.assertEqual(json.loads((exp / "dashboard_metrics/status.json").read_text())["status"], "stopped")
+        exp = self.stop_when("rl_checkpoint_final.pth", RL_ABLATION_NUM_PROMPTS=300)  # signalled in the study
         self.assertFalse((exp / "ablation_results.json").exists())
 
     def test_errors_are_one_line(self):
