@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from plugins.tidal.DataPipeline import EOT_TOKEN_ID
 from plugins.tidal.Decoding import ControlledDecoder, EDTDecoder, MirostatDecoder, PlainDecoder
 from plugins.tidal.GatingEnvironment import GatingEnvironment, OraclePolicy
 from plugins.tidal.GatingModulator import FixedGatingPolicy
 from plugins.tidal.StudyData import PromptSet
 from plugins.tidal.StudyMetrics import bootstrap_mean_ci, corpus_measures, frontier_gap, measure, pareto_frontier
+from plugins.tidal.Tokenizer import EOT_TOKEN_ID
 from plugins.tidal.Utils import atomic_write_json
 
 RESULTS_FILE = "ablation_results.json"

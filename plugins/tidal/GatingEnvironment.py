@@ -23,8 +23,8 @@ import math
 
 import torch
 
-from plugins.tidal.DataPipeline import EOT_TOKEN_ID, get_tokenizer
 from plugins.tidal.Decoding import ControlledDecoder, invert_cdf
+from plugins.tidal.Tokenizer import EOT_TOKEN_ID, get_tokenizer
 
 OBSERVATION_DIM = 64
 SCALAR_FEATURES = 15                               # slots 0..14, listed in ObservationBuilder

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from plugins.tidal.DataPipeline import EOT_TOKEN_ID, get_tokenizer
 from plugins.tidal.Decoding import ControlledDecoder, DecodeStep, make_decoder
 from plugins.tidal.GatingModulator import FixedGatingPolicy, GatingModulator, RandomGatingPolicy, make_action_space
+from plugins.tidal.Tokenizer import EOT_TOKEN_ID, get_tokenizer
 from plugins.tidal.TransformerLM import GenerationController, load_pretrained, read_checkpoint
 from plugins.tidal.Utils import RL_CONFIG_PATH, TidalError, cli_main, load_config, resolve_project_path
 

@@ -25,8 +25,8 @@ from sacrebleu.metrics.bleu import BLEU
 from sacrebleu.metrics.helpers import extract_all_word_ngrams
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
-from plugins.tidal.DataPipeline import EOT_TOKEN_ID, VOCAB_SIZE, decode
 from plugins.tidal.Judges import NGramJudge, ngram_keys
+from plugins.tidal.Tokenizer import EOT_TOKEN_ID, VOCAB_SIZE, decode
 
 VERDICTS = ("learned above the frontier", "no significant difference", "frontier above learned",
             "outside the frontier's range")

@@ -30,7 +30,6 @@ import torch
 
 from experiment_utils import create_experiment_dir, resolve_device
 from MetricsLogger import MetricsLogger
-from plugins.tidal.DataPipeline import get_tokenizer
 from plugins.tidal.GatingEnvironment import GatingEnvironment, freeze_lm_except_gates
 from plugins.tidal.GatingModulator import make_action_space
 from plugins.tidal.GatingPolicyAgent import create_agent
@@ -38,6 +37,7 @@ from plugins.tidal.Judges import build_judge
 from plugins.tidal.RewardComputer import RewardComputer, content_token_mask
 from plugins.tidal.RLTrainer import PPOTrainer
 from plugins.tidal.StudyData import build_prompt_sets
+from plugins.tidal.Tokenizer import get_tokenizer
 from plugins.tidal.TransformerLM import load_pretrained, read_checkpoint
 from plugins.tidal.Utils import RL_CONFIG_PATH, TidalError, cli_main, load_config, resolve_project_path, setup_logger
 
