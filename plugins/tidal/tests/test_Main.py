@@ -1,16 +1,18 @@
-"""The training CLI as users run it: both invocation forms, one-line errors, SIGTERM + --resume, torchrun DDP."""
+"""The training CLI as users run it: both invocation forms, one-line errors, SIGTERM + --resume, torchrun DDP
+on one node and across two nodes."""
 import json
 import os
 import signal
 import subprocess
-import sys
+import time
 import unittest
+import uuid
 
 import yaml
 
 from MetricsLogger import read_jsonl
 from plugins.tidal.Utils import PROJECT_ROOT
-from tests.support import PYTHON, TempDirTestCase, run_python, tiny_config, wait_for
+from tests.support import PYTHON, TempDirTestCase, free_port, run_python, tiny_config, wait_for
 
 
 class MainTestCase(TempDirTestCase):
@@ -107,10 +109,6 @@ class TestMainCLI(MainTestCase):
 
 class TestOffline(MainTestCase):
     def test_an_unreachable_hub_fails_within_seconds_with_one_line_recorded_in_the_run(self):
-        import time
-
-        from tests.support import free_port
-
         env = {**self.env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HOME": str(self.tmp / "hf"),
                "HF_HUB_OFFLINE": "", "HTTPS_PROXY": "", "https_proxy": "", "ALL_PROXY": "", "all_proxy": ""}
         start = time.monotonic()
@@ -180,23 +178,93 @@ class TestSignals(MainTestCase):
         self.assertEqual(json.loads((exp / "dashboard_metrics/status.json").read_text())["status"], "completed")
 
 
+def train_losses(exp) -> dict:
+    """{optimizer step: training loss} from an experiment's metrics."""
+    return {r["step"]: r["Losses/Total"] for r in read_jsonl(exp / "dashboard_metrics/metrics.jsonl")
+            if "Losses/Total" in r}
+
+
+def tail(path, chars: int = 3000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no output)"
+
+
 class TestDistributed(MainTestCase):
-    def test_two_process_ddp_matches_single_process_with_the_same_global_batch(self):
+    STEPS = 3
+
+    def train_single_process(self):
+        """The reference: one process with the global batch of 8 the distributed runs split 2 x 4."""
         single = run_python("-m", "plugins.tidal.Main", "--config", self.write_config(BATCH_SIZE=8, DESIRED_BATCH_SIZE=8),
-                            "--max-steps", "3", env=self.env)
+                            "--max-steps", str(self.STEPS), env=self.env)
         self.assertEqual(single.returncode, 0, single.stderr)
         (single_exp,) = self.experiments()
+        return single_exp
+
+    def assert_same_losses(self, single_exp, dist_exp):
+        a, b = train_losses(single_exp), train_losses(dist_exp)
+        steps = list(range(1, self.STEPS + 1))
+        self.assertEqual(sorted(b), steps)
+        for step in steps:
+            self.assertAlmostEqual(a[step], b[step], places=4, msg=f"step {step}")
+
+    def test_two_process_ddp_matches_single_process_with_the_same_global_batch(self):
+        single_exp = self.train_single_process()
         ddp = run_python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "plugins/tidal/Main.py",
-                         "--config", self.write_config(BATCH_SIZE=4, DESIRED_BATCH_SIZE=8), "--max-steps", "3",
-                         env={**self.env, "OMP_NUM_THREADS": "1"}, timeout=300)
+                         "--config", self.write_config(BATCH_SIZE=4, DESIRED_BATCH_SIZE=8),
+                         "--max-steps", str(self.STEPS), env={**self.env, "OMP_NUM_THREADS": "1"}, timeout=300)
         self.assertEqual(ddp.returncode, 0, ddp.stderr[-3000:])
         (ddp_exp,) = [e for e in self.experiments() if e != single_exp]  # rank 0 alone created a directory
-        loss = lambda exp: {r["step"]: r["Losses/Total"] for r in read_jsonl(exp / "dashboard_metrics/metrics.jsonl")
-                            if "Losses/Total" in r}
-        a, b = loss(single_exp), loss(ddp_exp)
-        self.assertEqual(sorted(b), [1, 2, 3])
-        for step in (1, 2, 3):
-            self.assertAlmostEqual(a[step], b[step], places=4, msg=f"step {step}")
+        self.assert_same_losses(single_exp, ddp_exp)
+
+    def test_two_nodes_with_c10d_rendezvous_match_single_process_with_the_same_global_batch(self):
+        # Two torchrun invocations as on two machines of a cluster (here both on loopback), one process each, meeting
+        # through the c10d rendezvous; they share the experiments directory as cluster nodes share a filesystem.
+        # c10d ignores --node-rank (torchrun warns so): it ranks the nodes by (host name, pid), so either invocation
+        # may hold global rank 0, and the test asserts nothing about which.
+        single_exp = self.train_single_process()
+        config = self.write_config(BATCH_SIZE=4, DESIRED_BATCH_SIZE=8)
+        rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                      "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", f"tidal-test-{uuid.uuid4().hex[:12]}"]
+        nodes, logs = [], []
+        for node_rank in (0, 1):
+            logs.append(self.tmp / f"node{node_rank}.log")
+            with open(logs[-1], "wb") as log:
+                proc = subprocess.Popen(
+                    [PYTHON, "-m", "torch.distributed.run", *rendezvous, "--node-rank", str(node_rank),
+                     "plugins/tidal/Main.py", "--config", config, "--max-steps", str(self.STEPS)],
+                    cwd=PROJECT_ROOT, env={**os.environ, **self.env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True)  # its own process group: a kill reaches torchrun's workers too
+            nodes.append(proc)
+            self.addCleanup(kill_process_group, proc)
+        # A node that fails leaves the other waiting at a collective or the rendezvous: stop both at the first failure.
+        deadline = time.monotonic() + 300
+        while any(p.poll() is None for p in nodes) and time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in nodes):
+                break
+            time.sleep(0.1)
+        codes = [p.poll() for p in nodes]
+        for proc in nodes:
+            kill_process_group(proc)
+        if codes != [0, 0]:
+            self.fail(f"the two nodes exited {codes} (None: killed after 300 s or after the other failed)\n" +
+                      "\n".join(f"--- node {rank} output, last 3000 characters:\n{tail(log)}"
+                                for rank, log in enumerate(logs)))
+        created = [e for e in self.experiments() if e != single_exp]
+        self.assertEqual(len(created), 1, f"global rank 0 alone creates the experiment directory: {created}")
+        dist_exp = created[0]
+        self.assert_same_losses(single_exp, dist_exp)
+        for name in ("transformer-lm_v1.0.0.pth", "training_state.pth", "evaluation_results.json"):
+            self.assertTrue((dist_exp / name).is_file(), name)
+
+
+def kill_process_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started with start_new_session=True and everything it started, if still running."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
 
 
 if __name__ == "__main__":
