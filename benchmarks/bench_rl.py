@@ -10,15 +10,25 @@ runs prompt groups of RL_SAMPLES_PER_PROMPT rows; the single side one row.
 other runs at the single environment's rate. Timed chunks alternate (vectorized, single, vectorized, ...) and the
 median is reported, so machine noise hits both sides alike.
 
+`--before REF` instead measures the environment before and after a change: it checks REF out in a temporary git
+worktree and runs that tree's own bench_rl.py and this one in alternation, `--rounds` times each, with the same
+arguments and allocator settings, and reports each side's median vectorized steps/s and their ratio. The default
+REF is the code issue 14 measured ("today's" environment); the old tree keeps its own action space, observation and
+reward, so the figure is what a researcher's RL step cost then and costs now.
+
     python benchmarks/bench_rl.py [--config plugins/tidal/configs/base_config.yaml] [--num-envs 16] [--threads 1]
+    python benchmarks/bench_rl.py --before 4a8822f --threads 1 [--rounds 5]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,10 +45,12 @@ from plugins.tidal.Judges import NGramJudge  # noqa: E402
 from plugins.tidal.RewardComputer import RewardComputer  # noqa: E402
 from plugins.tidal.TransformerLM import TransformerLM, count_parameters  # noqa: E402
 from plugins.tidal.Utils import (  # noqa: E402
-    BASE_CONFIG_PATH, CONFIG_DIR, RL_CONFIG_PATH, atomic_write_json, load_config, read_yaml,
+    BASE_CONFIG_PATH, CONFIG_DIR, RL_CONFIG_PATH, TUNED_MALLOC_ENV, atomic_write_json, load_config, read_yaml,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
+BEFORE_REF = "4a8822f"  # the environment issue 14 asked to make 2x faster
 QUICKSTART_CONFIG = CONFIG_DIR / "quickstart_config.yaml"
 TARGET_RATIO = 6.0
 NUM_PROMPTS = 256
@@ -119,6 +131,45 @@ def print_table(rows: list[dict], machine: str) -> None:
     print("steps/s and ratio from the median chunk; best-chunk ratio from the fastest chunk of each side")
 
 
+def before_after(ref: str, rounds: int, passthrough: list[str], ours: list[str]) -> dict:
+    """Run REF's bench_rl.py and this one alternately `rounds` times; median vectorized steps/s per side and config."""
+    env = {**os.environ, **TUNED_MALLOC_ENV, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    runs: dict[str, list[dict]] = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "before"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), ref], check=True,
+                       capture_output=True)
+        try:
+            for _ in range(rounds):
+                for side, root in (("before", tree), ("after", ROOT)):
+                    output = root / "benchmarks" / "results" / "bench_rl.json" if side == "before" else \
+                        Path(tmp) / "after.json"
+                    extra = ["--output", str(output), *ours] if side == "after" else []
+                    subprocess.run([sys.executable, "benchmarks/bench_rl.py", *passthrough, *extra], cwd=root, env=env,
+                                   check=True, capture_output=True)
+                    runs[side].append({r["config"]: r["vectorized_steps_per_s"]
+                                       for r in json.loads(output.read_text())["rows"]})
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
+    rows = []
+    for config in runs["after"][0]:
+        before = statistics.median(r[config] for r in runs["before"])
+        after = statistics.median(r[config] for r in runs["after"])
+        rows.append({"config": config, "before_steps_per_s": before, "after_steps_per_s": after,
+                     "ratio": after / before, "target": 2.0,
+                     "rounds": {side: [r[config] for r in runs[side]] for side in runs}})
+    return {"ref": ref, "args": passthrough + ours, "rows": rows}
+
+
+def print_before_after(result: dict, machine: str) -> None:
+    print(f"\nRL environment steps/s before ({result['ref']}) and now — {machine}, {' '.join(result['args'])}")
+    print(f"{'config':<12} {'before':>9} {'now':>9} {'ratio':>7} {'target':>7}")
+    for r in result["rows"]:
+        print(f"{r['config']:<12} {r['before_steps_per_s']:>9.1f} {r['after_steps_per_s']:>9.1f} {r['ratio']:>6.2f}x "
+              f"{'>=' + format(r['target'], 'g'):>7}")
+    print("medians over the rounds; each round runs the old tree's benchmark, then this one")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(BASE_CONFIG_PATH))
@@ -130,14 +181,35 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); 1 is steadier on a shared machine, where "
                              "OpenMP barriers stall small per-token ops")
+    parser.add_argument("--output", default=str(RESULTS / "bench_rl.json"))
+    parser.add_argument("--inference-weights", choices=("eager", "fp32", "bf16"), default=None,
+                        help="override the configs' INFERENCE_WEIGHTS (with --before: this tree's side only; the old "
+                             "tree has no such setting)")
+    parser.add_argument("--before", nargs="?", const=BEFORE_REF, default=None, metavar="REF",
+                        help=f"compare with the environment at git REF (default {BEFORE_REF}) instead")
+    parser.add_argument("--rounds", type=int, default=5, help="with --before: alternating runs per side")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.before:
+        passthrough = [f"--num-envs={args.num_envs}", f"--steps={args.steps}", f"--repeats={args.repeats}",
+                       f"--warmup={args.warmup}", f"--device={args.device}", f"--threads={torch.get_num_threads()}"]
+        ours = [f"--inference-weights={args.inference_weights}"] if args.inference_weights else []
+        result = before_after(args.before, args.rounds, passthrough, ours)
+        machine = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        print_before_after(result, machine)
+        suffix = f"_{args.inference_weights}" if args.inference_weights else ""
+        atomic_write_json(RESULTS / f"bench_rl_before_after{suffix}.json", {**result, "machine": machine,
+                                                                    "torch": torch.__version__,
+                                                                    "timestamp": time.time()})
+        return 0
     device = resolve_device(args.device)
     rl_config = read_yaml(RL_CONFIG_PATH)
     configs = [("base", load_config(args.config))]
     if QUICKSTART_CONFIG.exists():
         configs.append(("quickstart", load_config(QUICKSTART_CONFIG)))
+    for _, config in configs:
+        config["INFERENCE_WEIGHTS"] = args.inference_weights or config["INFERENCE_WEIGHTS"]
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows = [bench_config(name, config, rl_config, args.num_envs, args.steps, args.repeats, args.warmup, device)
             for name, config in configs]
@@ -148,11 +220,14 @@ def main() -> int:
     if load_before is not None:
         print(f"1-minute load average: {load_before:.2f} before, {load_after:.2f} after "
               f"(other processes on the machine slow both sides)")
-    atomic_write_json(RESULTS / "bench_rl.json", {"machine": machine, "device": str(device), "rows": rows,
+    atomic_write_json(Path(args.output), {"machine": machine, "device": str(device), "rows": rows,
                                                   "load_average": [load_before, load_after],
                                                   "torch": torch.__version__, "timestamp": time.time()})
     return 0
 
 
 if __name__ == "__main__":
+    from plugins.tidal.Utils import reexec_with_tuned_malloc
+
+    reexec_with_tuned_malloc()  # the allocator settings train_rl.py runs with (ADR 0012)
     sys.exit(main())

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from plugins.tidal.Decoding import ControlledDecoder, invert_cdf
+from plugins.tidal.Decoding import ControlledDecoder, invert_cdf, k_largest
 from plugins.tidal.Tokenizer import EOT_TOKEN_ID, get_tokenizer
 
 OBSERVATION_DIM = 64
@@ -67,7 +67,7 @@ class ObservationBuilder:
         self.projection = torch.randn(E, HIDDEN_FEATURES, generator=generator) / math.sqrt(E)
         self.boundary = boundary_token_mask(self.vocab)
         self.state: torch.Tensor | None = None  # (B, 3): EMA entropy, EMA surprise, last surprise
-        self.log_probs: torch.Tensor | None = None
+        self._log_norm: torch.Tensor | None = None  # (B, 1) ln Σ exp(logits) of the last observation's logits
         self._logits: torch.Tensor | None = None
 
     def reset(self, batch: int, device=None) -> None:
@@ -80,10 +80,9 @@ class ObservationBuilder:
 
     def observe(self, token: torch.Tensor, logits: torch.Tensor) -> None:
         """After a token is sampled from the step whose raw logits were `logits` (the last observation's, whose
-        log-probabilities are reused when they are the same tensor's)."""
-        log_probs = self.log_probs if self.log_probs is not None and self.log_probs.shape == logits.shape \
-            and self._logits is logits else logits.float().log_softmax(dim=-1)
-        surprise = -log_probs.gather(1, token.long().unsqueeze(1)).squeeze(1)
+        normaliser is reused when they are the same tensor)."""
+        log_norm = self._log_norm if self._logits is logits else logits.float().logsumexp(dim=-1, keepdim=True)
+        surprise = (log_norm - logits.float().gather(1, token.long().unsqueeze(1))).squeeze(1)
         self.state[:, 1] = TREND_DECAY * self.state[:, 1] + (1 - TREND_DECAY) * surprise
         self.state[:, 2] = surprise
 
@@ -96,13 +95,22 @@ class ObservationBuilder:
         if self.state is None or self.state.shape[0] != B:
             self.reset(B, device)
         lengths = torch.full((B,), H, device=device) if lengths is None else lengths
-        log_probs = logits.float().log_softmax(dim=-1)
-        probs = log_probs.exp()
-        weighted = probs * log_probs  # one (B, V) pass serves both moments: H = −E[ln p], Var = E[ln² p] − H²
-        entropy = -weighted.sum(dim=-1)
-        varentropy = ((weighted * log_probs).sum(dim=-1) - entropy ** 2).clamp_min(0.0)
-        self.log_probs, self._logits = log_probs, logits  # `observe` reads the sampled token's surprise from it
-        top = probs.topk(5, dim=-1)
+        # Four cheap passes over the vocabulary instead of log_softmax + exp (ADR 0016): with d = x − x_max (x the
+        # logits; centred, so the moments lose no precision to an offset), ln p = d − ln Σ exp d and ln p_max =
+        # −ln Σ exp d, hence H = −ln p_max − E[d] and Var[ln p] = Var[d] = E[d²] − E[d]².
+        x = logits.float()
+        probs = x.softmax(dim=-1)
+        top_logits, top_indices = k_largest(x, 5)
+        log_p_max = probs.gather(1, top_indices[:, :1]).log()  # (B, 1)
+        d = x - top_logits[:, :1]
+        weighted = probs * d
+        mean = weighted.sum(dim=-1)
+        entropy = -log_p_max.squeeze(1) - mean
+        varentropy = (torch.linalg.vecdot(weighted, d) - mean ** 2).clamp_min(0.0)
+        log_norm = top_logits[:, :1] - log_p_max  # ln Σ exp x
+        self._log_norm, self._logits = log_norm, logits  # `observe` reads the sampled token's surprise from it
+        top_log_probs = top_logits - log_norm
+        top_values = top_log_probs.exp()
         valid = torch.arange(H, device=device) < lengths.unsqueeze(1)
         ids = history.masked_fill(~valid, -1)
         # each distinct token once: sort, then drop repeats, so the mass is a probability, not a count
@@ -111,7 +119,7 @@ class ObservationBuilder:
         first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
         unique = first & (ordered >= 0)
         seen_mass = (probs.gather(1, ordered.clamp_min(0)) * unique).sum(dim=1)
-        argmax_seen = (ids == top.indices[:, :1]).any(dim=1)
+        argmax_seen = (ids == top_indices[:, :1]).any(dim=1)
         positions = torch.arange(H, device=device).expand(B, H)
         is_boundary = self.boundary[ids.clamp_min(0)] & valid
         last_boundary = torch.where(is_boundary, positions, torch.full_like(positions, -1)).max(dim=1).values
@@ -127,10 +135,10 @@ class ObservationBuilder:
         self.state[:, 0] = torch.where(ema_entropy == 0, entropy,
                                        TREND_DECAY * ema_entropy + (1 - TREND_DECAY) * entropy)
         scalars = torch.stack([
-            entropy, varentropy, top.values[:, 0], top.values[:, 0] - top.values[:, 1], top.values.sum(dim=1),
+            entropy, varentropy, top_values[:, 0], top_values[:, 0] - top_values[:, 1], top_values.sum(dim=1),
             trend, self.state[:, 2] - self.state[:, 1], self.state[:, 2], seen_mass, argmax_seen.float(),
             since_boundary / 16.0, 1.0 - steps / self.max_steps, repeated,
-            prev_action.to(device).float().reshape(B) / self.action_scale, log_probs.max(dim=-1).values,
+            prev_action.to(device).float().reshape(B) / self.action_scale, top_log_probs[:, 0],
         ], dim=1)
         return torch.cat([scalars, hidden.float() @ self.projection.to(device)], dim=1)
 

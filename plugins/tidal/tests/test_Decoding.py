@@ -7,7 +7,7 @@ import torch
 
 from plugins.tidal.Decoding import (
     DECODERS, ControlledDecoder, Decoder, EDTDecoder, MirostatDecoder, PlainDecoder, SamplingParams,
-    apply_repetition_penalty, filter_logits, invert_cdf, make_decoder, sample_tokens,
+    apply_repetition_penalty, filter_logits, invert_cdf, make_decoder, sample_tokens, k_largest,
     validate_sampling,
 )
 
@@ -125,6 +125,29 @@ class TestTopKFastPath(unittest.TestCase):
         out = filter_logits(logits, 1.0, 2)
         self.assertEqual(torch.isfinite(out).sum(dim=1).tolist(), [4, 2])
         self.assertTrue(torch.equal(out, reference_top_k(logits, torch.ones(2), torch.tensor([2, 2]))))
+
+
+class TestChunkedTopK(unittest.TestCase):
+    """`k_largest` finds the k largest through chunk maxima instead of a selection over the whole vocabulary."""
+
+    def test_same_values_and_indices_as_torch_topk(self):
+        g = torch.Generator().manual_seed(0)
+        for V, k in ((50257, 5), (50257, 51), (50257, 64), (1000, 3), (70, 5), (64 * 9, 9)):
+            x = torch.randn(4, V, generator=g)
+            x[1, :V // 2] = float("-inf")  # a row the filters emptied in part
+            with self.subTest(V=V, k=k):
+                values, indices = k_largest(x, k)
+                ref = x.topk(k, dim=-1)
+                self.assertTrue(torch.equal(values, ref.values))
+                self.assertTrue(torch.equal(indices, ref.indices))
+
+    def test_ties_give_the_same_values(self):
+        # the k largest values are the same multiset whichever of the tied entries is returned
+        x = torch.zeros(2, 4096)
+        x[0, ::97] = 1.0
+        values, indices = k_largest(x, 60)
+        self.assertTrue(torch.equal(values, x.topk(60, dim=-1).values))
+        self.assertTrue(torch.equal(x.gather(1, indices), values))
 
 
 class TestBlockedInverseCDF(unittest.TestCase):

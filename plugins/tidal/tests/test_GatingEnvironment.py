@@ -55,6 +55,28 @@ class TestObservation(unittest.TestCase):
         self.assertAlmostEqual(float(obs[0, 11]), 1 - 10 / 50, places=4)     # remaining budget
         self.assertAlmostEqual(float(obs[0, 13]), 0.3, places=4)             # previous action
 
+    def test_distribution_features_match_log_softmax_on_random_logits(self):
+        # the features come from one softmax and two products (ADR 0016); check them against the textbook formulas,
+        # with an offset on the logits, which the moments must not suffer from
+        build = ObservationBuilder(rl_config(RL_MAX_EPISODE_LENGTH=50), tiny_config())
+        g = torch.Generator().manual_seed(3)
+        logits = torch.randn(6, V, generator=g) * 3 + 20
+        history = torch.randint(0, V, (6, 9), generator=g)
+        obs = build(history, None, logits, torch.zeros(6, tiny_config()["EMBED_DIM"]), 4, torch.zeros(6))
+        lp = logits.double().log_softmax(dim=-1)
+        p = lp.exp()
+        entropy = -(p * lp).sum(-1)
+        varentropy = (p * lp * lp).sum(-1) - entropy ** 2
+        top = p.topk(5, dim=-1).values
+        for slot, expected in ((0, entropy), (1, varentropy), (2, top[:, 0]), (3, top[:, 0] - top[:, 1]),
+                               (4, top.sum(-1)), (14, lp.max(-1).values)):
+            with self.subTest(slot=slot):
+                torch.testing.assert_close(obs[:, slot].double(), expected, atol=2e-4, rtol=1e-4)
+        token = torch.randint(0, V, (6,), generator=g)
+        build.observe(token, logits)
+        torch.testing.assert_close(build.state[:, 2].double(), -lp.gather(1, token.unsqueeze(1)).squeeze(1),
+                                   atol=1e-4, rtol=0)
+
     def test_no_slot_is_constant_over_a_rollout(self):
         model = tiny_model()
         with torch.no_grad():

@@ -2,11 +2,14 @@
 import math
 import tempfile
 import unittest
+from unittest import mock
 from pathlib import Path
 
 import torch
 
-from plugins.tidal.TransformerLM import KVCache, TransformerLM, count_parameters, load_model_weights, model_state_dict
+from plugins.tidal.TransformerLM import (
+    KVCache, PackedLinear, TransformerLM, count_parameters, load_model_weights, model_state_dict,
+)
 from plugins.tidal.Utils import TidalError
 from tests.support import base_config, tiny_config
 
@@ -254,6 +257,19 @@ class TestDecodeFastPaths(unittest.TestCase):
             torch.testing.assert_close(fast(x), eager(x), atol=1e-5, rtol=0)
         kw = dict(max_new_tokens=30, temperature=0.8, top_k=20, top_p=0.9, repetition_penalty=1.2, seed=4)
         self.assertTrue(torch.equal(fast.generate(x, **kw), eager.generate(x, **kw)))
+
+    @unittest.skipUnless(torch.backends.mkldnn.is_available(), "oneDNN is not built into this torch")
+    def test_onednn_packed_products_give_the_eager_logits_and_tokens(self):
+        # Large enough products go through oneDNN's blocked layout; forcing every product there (threshold 0) on
+        # the tiny model must give the eager logits at one row, many rows and a prefill, and the same tokens.
+        eager, fast = tiny_model(INFERENCE_WEIGHTS="eager"), tiny_model(INFERENCE_WEIGHTS="fp32")
+        x = torch.randint(0, VOCAB, (3, 9))
+        kw = dict(max_new_tokens=30, temperature=0.8, top_k=20, top_p=0.9, repetition_penalty=1.2, seed=4)
+        with mock.patch.object(PackedLinear, "ONEDNN_MIN_MACS", 0), torch.no_grad():
+            torch.testing.assert_close(fast(x), eager(x), atol=1e-5, rtol=0)
+            torch.testing.assert_close(fast(x[:1, :1]), eager(x[:1, :1]), atol=1e-5, rtol=0)
+            self.assertTrue(torch.equal(fast.generate(x, **kw), eager.generate(x, **kw)))
+            self.assertTrue(fast.output_projection._packed[3] is not None)  # the oneDNN copy was used
 
     def test_bf16_inference_weights_stay_within_the_documented_tolerance(self):
         # bf16 keeps 8 mantissa bits: each weight is off by <= 2^-9 relatively, so the logits move by a small fraction
