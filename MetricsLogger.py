@@ -2,14 +2,17 @@
 
 Disk is the record. Under `<experiment>/dashboard_metrics/`: `metrics.jsonl` (`{step, timestamp, …metrics}` per
 line) and `rl_metrics.jsonl` (`{global_step, timestamp, …}`), each record one append without fsync, so a crash
-leaves at most a torn last line, which `read_jsonl` skips; `status.json`; and `latest.json`, the last metrics
+leaves at most a torn last line, which `core.io.read_jsonl` skips; `status.json`; and `latest.json`, the last metrics
 record, replaced atomically at most every LATEST_INTERVAL_S and at close (a rename costs more than a record).
+The file names are `core.names`'.
 
-Redis is the live view (key names in `RedisKeys`): one stream per experiment whose entries carry `kind`
-("metrics", "rl-metrics", "status") and `data` (the record's JSON, byte for byte the disk line), so a dashboard
-replays all three kinds with one id sequence; plus the latest record of each kind and the set of experiments.
+Redis is the live view (key names in `RedisKeys`, from `core.names.REDIS_KEYS`): one stream per experiment whose
+entries carry `kind` ("metrics", "rl-metrics", "status") and `data` (the record's JSON, byte for byte the disk line),
+so a dashboard replays all three kinds with one id sequence; plus the latest record of each kind and the set of
+experiments.
 
 Timestamps are Unix epoch seconds (float). Why Streams, the queue size and the timeouts: ADR 0006.
+Part of the base layer (it imports only `core`): the plugin's trainers log through it.
 """
 from __future__ import annotations
 
@@ -29,18 +32,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from experiment_utils import is_valid_experiment_id
-from plugins.tidal.Utils import atomic_write_json
-from redis_launcher import discover_redis_url
+from core.io import atomic_write_json
+from core.names import LATEST_FILE, METRICS_DIRNAME, METRICS_FILE, REDIS_KEYS, RL_METRICS_FILE, STATUS_FILE, SYSTEM_FILE
+from core.net import discover_redis_url
+from core.paths import is_valid_experiment_id
 
 log = logging.getLogger("tidal.metrics")
-
-METRICS_DIRNAME = "dashboard_metrics"
-METRICS_FILE = "metrics.jsonl"
-RL_METRICS_FILE = "rl_metrics.jsonl"
-LATEST_FILE = "latest.json"
-STATUS_FILE = "status.json"
-SYSTEM_FILE = "system.jsonl"  # {step, timestamp, System/…}: process CPU and memory, GPU on CUDA
 
 STATUSES = ("initialized", "training", "completed", "failed", "stopped")
 TERMINAL_STATUSES = ("completed", "failed", "stopped")
@@ -65,13 +62,15 @@ class RedisKeys:
     latest: str
     status: str
     rl_latest: str
-    experiments: str = "tidal:experiments"
+    experiments: str = REDIS_KEYS["experimentsSet"]
 
     @classmethod
-    def for_experiment(cls, experiment_id: str) -> "RedisKeys":
-        return cls(experiment_id=experiment_id, stream=f"tidal:metrics:{experiment_id}:stream",
-                   latest=f"tidal:metrics:{experiment_id}:latest", status=f"tidal:status:{experiment_id}",
-                   rl_latest=f"tidal:rl:{experiment_id}:latest")
+    def for_experiment(cls, experiment_id: str) -> RedisKeys:
+        def key(name: str) -> str:
+            return REDIS_KEYS[name].format(id=experiment_id)
+
+        return cls(experiment_id=experiment_id, stream=key("metricsStream"), latest=key("metricsLatest"),
+                   status=key("statusKey"), rl_latest=key("rlLatest"))
 
     def latest_key(self, kind: str) -> str:
         return {KIND_METRICS: self.latest, KIND_RL_METRICS: self.rl_latest, KIND_STATUS: self.status}[kind]
@@ -81,7 +80,7 @@ class MetricsLogger:
     """Logs one experiment's metrics to disk and, when a Redis URL is known, live to Redis.
 
     `redis_url=None` reads `$REDIS_URL`; when that is unset, the URL a running dashboard announced in the
-    experiments directory (`redis_launcher.discover_redis_url`); an empty URL, or neither, means disk only, silently.
+    experiments directory (`core.net.discover_redis_url`); an empty URL, or neither, means disk only, silently.
     Logging never waits for Redis (see `_LivePublisher`). Not for use after `finalize()` / `close()`.
     """
 
@@ -172,7 +171,7 @@ class MetricsLogger:
                 return
             self._closed = True
             if self._latest_line is not None:
-                self._write_latest()
+                self._write_latest(self._latest_line)
             for f in self._files.values():
                 f.close()
             self._files.clear()
@@ -191,7 +190,7 @@ class MetricsLogger:
             if kind == KIND_METRICS:
                 self._latest_line = line
                 if time.monotonic() - self._latest_written_at >= LATEST_INTERVAL_S:
-                    self._write_latest()
+                    self._write_latest(line)
             self._publish(kind, line)  # under the lock, so the stream's order is the files' order
             sample = self._system.sample_due(step) if self._system is not None else None
             if sample is not None:
@@ -203,11 +202,11 @@ class MetricsLogger:
             f = self._files[file_name] = _open_for_append(self.metrics_dir / file_name)
         f.write(line.encode() + b"\n")  # unbuffered: one write(2) per record, visible to readers at once
 
-    def _write_latest(self) -> None:
+    def _write_latest(self, line: str) -> None:
         # Rename-over keeps readers from seeing a half-written file; no fsync, as metrics.jsonl is the record.
         tmp = self.metrics_dir / f".{LATEST_FILE}.tmp"
         with open(tmp, "wb", buffering=0) as f:
-            f.write(self._latest_line.encode())
+            f.write(line.encode())
         os.replace(tmp, self.metrics_dir / LATEST_FILE)
         self._latest_line = None
         self._latest_written_at = time.monotonic()
@@ -292,7 +291,7 @@ class _LivePublisher:
         self._thread = threading.Thread(target=self._run, name=f"metrics-redis-{keys.experiment_id}", daemon=True)
 
     @classmethod
-    def start(cls, url: str, keys: RedisKeys, stream_maxlen: int, queue_size: int) -> "_LivePublisher | None":
+    def start(cls, url: str, keys: RedisKeys, stream_maxlen: int, queue_size: int) -> _LivePublisher | None:
         try:
             client = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
                                           retry=Retry(NoBackoff(), 0))
@@ -454,66 +453,3 @@ def _open_for_append(path: Path) -> BinaryIO:
             if r.read(1) != b"\n":
                 f.write(b"\n")
     return f
-
-
-# ---------------------------------------------------------------------------------------------- readers
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every record of a JSONL file ([] when it is missing). A line that is not a JSON object — a torn last line
-    being written, or the fragment a crash left before a resumed run appended — is skipped."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return []
-    return _parse_lines(data.split(b"\n"))
-
-
-def read_jsonl_since(path: str | os.PathLike, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """The records after byte `offset` up to the last complete line, and the offset to pass next time.
-
-    For tailing: an unterminated last line is not consumed, so it is read whole on a later call.
-    """
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return [], offset
-    end = data.rfind(b"\n") + 1
-    return _parse_lines(data[:end].split(b"\n")), offset + end
-
-
-def read_jsonl_tail(path: str | os.PathLike, max_records: int, block_size: int = 1 << 16) -> list[dict[str, Any]]:
-    """The last `max_records` records, in file order, reading backwards from the end (cost ~ what is returned)."""
-    if max_records <= 0:
-        return []
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return []
-    with f:
-        start = f.seek(0, os.SEEK_END)
-        buf = b""
-        while True:
-            new_start = max(0, start - block_size)
-            f.seek(new_start)
-            buf = f.read(start - new_start) + buf
-            start = new_start
-            lines = buf.split(b"\n")
-            records = _parse_lines(lines if start == 0 else lines[1:])  # lines[0] may begin mid-line
-            if len(records) >= max_records or start == 0:
-                return records[-max_records:]
-            block_size *= 2
-
-
-def _parse_lines(lines: list[bytes]) -> list[dict[str, Any]]:
-    records = []
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records

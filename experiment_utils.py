@@ -1,7 +1,7 @@
 """Experiments on disk: ids, the `experiments/<id>/` directory with its metadata and effective configs, and devices.
 
-An experiment id names a directory and appears in Redis keys and URLs, so `is_valid_experiment_id` is the one
-check every consumer (training entry points, the worker, the dashboard's path confinement) applies to it.
+Part of the base layer (it imports only `core`): the trainers, the worker agent and the dashboard all use it.
+Every consumer checks an experiment id with `core.paths.is_valid_experiment_id`.
 torch is imported only inside `resolve_device`: the dashboard imports this module and need not load torch.
 """
 from __future__ import annotations
@@ -18,23 +18,17 @@ from typing import Any
 
 import yaml
 
-from plugins.tidal.Utils import PROJECT_ROOT, TidalError, atomic_write_json, atomic_write_text
+from core.errors import TidalError
+from core.io import atomic_write_json, atomic_write_text
+from core.names import METADATA_FILE
+from core.paths import PROJECT_ROOT, is_valid_experiment_id
 
 EXPERIMENT_KINDS = ("lm", "rl")
-METADATA_FILE = "metadata.json"
 RL_CONFIG_FILE = "rl_config.yaml"  # the RL part of an RL run's effective configs (hashed as `-rl_`)
 
-# Letters, digits, "_", "-" and "."; at most 128 characters; starting with a letter or digit (so never ".", "..",
-# a hidden file, or something a command line reads as an option). No separator: an id is one path component.
-_EXPERIMENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _PLAIN_FILE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 _GIT_HASH_RE = re.compile(r"[0-9a-f]{4,40}")
 _GIT_TIMEOUT_S = 5.0
-
-
-def is_valid_experiment_id(value: object) -> bool:
-    # ".." never appears in a generated id; refusing it anywhere keeps ids far from path-traversal look-alikes.
-    return isinstance(value, str) and _EXPERIMENT_ID_RE.fullmatch(value) is not None and ".." not in value
 
 
 def experiments_root() -> Path:
@@ -83,9 +77,10 @@ def make_experiment_id(config_path: str | os.PathLike, rl_config_path: str | os.
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
     lm_hash = config_digest(config) if config is not None else file_sha256(config_path)
     exp_id = f"{stamp}-commit_{git_short_hash()}-config_{lm_hash[:10]}"
-    if rl_config_path is not None or rl_config is not None:
-        rl_hash = config_digest(rl_config) if rl_config is not None else file_sha256(rl_config_path)
-        exp_id += f"-rl_{rl_hash[:10]}"
+    if rl_config is not None:
+        exp_id += f"-rl_{config_digest(rl_config)[:10]}"
+    elif rl_config_path is not None:
+        exp_id += f"-rl_{file_sha256(rl_config_path)[:10]}"
     return exp_id
 
 
@@ -128,8 +123,8 @@ def create_experiment_dir(kind: str, config_path: str | os.PathLike, effective_c
         exp_dir = root / given_id
         exp_dir.mkdir(parents=True, exist_ok=True)
     else:
-        exp_dir = _make_unique_dir(root, make_experiment_id(config_path, rl_config_path if kind == "rl" else None,
-                                                            config=lm_effective, rl_config=rl_effective))
+        exp_dir = make_unique_dir(root, make_experiment_id(config_path, rl_config_path if kind == "rl" else None,
+                                                           config=lm_effective, rl_config=rl_effective))
 
     if not read_experiment_metadata(exp_dir):
         atomic_write_json(exp_dir / METADATA_FILE, {
@@ -151,7 +146,7 @@ def create_experiment_dir(kind: str, config_path: str | os.PathLike, effective_c
     return exp_dir
 
 
-def _make_unique_dir(root: Path, base_id: str) -> Path:
+def make_unique_dir(root: Path, base_id: str) -> Path:
     """mkdir `root/base_id`, or `root/base_id-2`, `-3`, … : mkdir is atomic, so two processes never share one."""
     root.mkdir(parents=True, exist_ok=True)
     candidate, n = base_id, 1

@@ -28,19 +28,19 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
-PROJECT_ROOT = Path(__file__).resolve().parent
-if str(PROJECT_ROOT) not in sys.path:  # run as a file from anywhere
-    sys.path.insert(0, str(PROJECT_ROOT))
-
-from dashboard.server.errors import DomainError  # noqa: E402
-from dashboard.server.services import jobs_core  # noqa: E402
-from experiment_utils import experiments_root as default_experiments_root, make_experiment_id  # noqa: E402
-from dashboard.server.services.paths import JOB_ID_RE, resolve_config_path, resolve_experiment_path  # noqa: E402
-from dashboard.server.services.plugin_registry import (  # noqa: E402
-    ARG_SOURCES, DEFAULT_MANIFEST_PATH, PluginManifest, load_manifest)
-from plugins.tidal.Utils import TidalError  # noqa: E402
+from core import jobs as jobs_core
+from core.env import env_number
+from core.errors import ConfigError, TidalError
+from core.io import read_jsonl_since
+from core.jobs import JOB_ID_RE
+from core.manifest import ARG_SOURCES, DEFAULT_MANIFEST_PATH, PluginManifest, load_manifest
+from core.paths import PROJECT_ROOT, resolve_config_path, resolve_experiment_path
+from experiment_utils import experiments_root as default_experiments_root
+from experiment_utils import make_experiment_id, make_unique_dir
 
 # The trainer's environment is built from this allowlist only: never the auth token or other secrets.
 ENV_ALLOW = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR",
@@ -56,7 +56,7 @@ LOG_BATCH_BYTES = 32 * 1024   # one log write/POST stays well under the server's
 STDERR_TAIL = 20
 
 
-def filtered_env(source: dict, extra: dict) -> dict:
+def filtered_env(source: Mapping[str, str], extra: dict) -> dict:
     env = {k: v for k, v in source.items()
            if (k in ENV_ALLOW or k.startswith(ENV_ALLOW_PREFIXES)) and k not in ENV_DENY}
     env.update({k: v for k, v in extra.items() if v is not None})
@@ -92,12 +92,15 @@ class Transport(ABC):
     def send_logs(self, records: list[dict]) -> None: ...
 
     def send_metrics(self, experiment_id: str, records: list[dict]) -> None:
-        """Remote mode only: forward metric records the trainer wrote to disk."""
+        """Remote mode only: forward metric records the trainer wrote to disk. An optional hook, deliberately not
+        abstract: a transport that does not forward metrics (forwards_metrics False) keeps this no-op."""
+        return None
 
     forwards_metrics = False
 
     def close(self) -> None:
-        pass
+        """Release the transport's connections; an optional hook whose default has nothing to release."""
+        return None
 
 
 class RedisTransport(Transport):
@@ -124,7 +127,8 @@ class RedisTransport(Transport):
         self.redis.set(self.keys.heartbeat(self.job_id), repr(time.time()), px=int(self.heartbeat_ttl * 1000))
 
     def pop_signal(self) -> str | None:
-        return self.redis.getdel(self.keys.signal(self.job_id))
+        # redis-py types a reply as bytes | str whatever the client; decode_responses=True makes this one a str
+        return cast("str | None", self.redis.getdel(self.keys.signal(self.job_id)))
 
     def send_logs(self, records: list[dict]) -> None:
         pipe = self.redis.pipeline(transaction=True)
@@ -198,22 +202,13 @@ class MetricsForwarder:
         self.status_mtime = 0.0
 
     def collect(self, limit_bytes: int = LOG_BATCH_BYTES // 2) -> list[dict]:
-        out, size = [], 0
+        out = []
         for kind, path in self.files.items():
-            try:
-                with open(path, "rb") as f:
-                    f.seek(self.offsets[kind])
-                    chunk = f.read(limit_bytes)
+            try:  # only complete lines: the trainer may be mid-write
+                records, self.offsets[kind] = read_jsonl_since(path, self.offsets[kind], max_bytes=limit_bytes)
             except OSError:
                 continue
-            end = chunk.rfind(b"\n") + 1  # only complete lines: the trainer may be mid-write
-            for line in chunk[:end].splitlines():
-                try:
-                    out.append({"kind": kind, "data": json.loads(line)})
-                    size += len(line)
-                except ValueError:
-                    continue
-            self.offsets[kind] += end
+            out += [{"kind": kind, "data": record} for record in records]
         try:
             mtime = self.status_file.stat().st_mtime
             if mtime != self.status_mtime:
@@ -280,21 +275,15 @@ class WorkerAgent:
         elif values.get("resume") and Path(str(values["resume"])).is_dir():
             exp_id = Path(str(values["resume"])).name
         else:
-            exp_id = self._claim_experiment_id(make_experiment_id(values["config"], values.get("rlConfig")))
+            rl_config = values.get("rlConfig")  # the config paths in `values` are resolved path strings
+            exp_id = self._claim_experiment_id(make_experiment_id(
+                str(values["config"]), None if rl_config is None else str(rl_config)))
         argv = [self.python_bin, "-m", phase.entrypoint, *phase.build_args(values)]
         return argv, exp_id, self.experiments_root / exp_id
 
     def _claim_experiment_id(self, base: str) -> str:
         """Create the experiment directory exclusively (two runs of one config in the same second get `-2`, …)."""
-        self.experiments_root.mkdir(parents=True, exist_ok=True)
-        candidate, n = base, 1
-        while True:
-            try:
-                (self.experiments_root / candidate).mkdir()
-                return candidate
-            except FileExistsError:
-                n += 1
-                candidate = f"{base}-{n}"
+        return make_unique_dir(self.experiments_root, base).name
 
     def child_env(self, exp_id: str) -> dict:
         return filtered_env(os.environ, {
@@ -364,11 +353,11 @@ class WorkerAgent:
         # a remote worker attaches itself: provisioning -> starting
         if job["status"] in ("pending", "provisioning"):
             ok, job = self._safe_transition("starting", {"host": socket.gethostname(), "workerPid": os.getpid()})
-            if not ok:
+            if not ok or job is None:  # an applied transition always answers the job
                 return 0
         try:
             argv, exp_id, exp_dir = self.build_command(job)
-        except (TidalError, DomainError, OSError) as exc:
+        except (TidalError, OSError) as exc:
             self._safe_transition("failed", {"error": f"invalid job: {exc}"})
             self.say(f"invalid job: {exc}")
             return 1
@@ -466,7 +455,8 @@ class WorkerAgent:
         if stop_requested == "user":
             patch["error"] = "stopped by user" + (" (killed after the grace period)" if killed else "")
             target = "cancelled"
-        elif stop_requested == "worker-signal":
+        elif stop_requested == "worker-signal" or (self.terminated_by is not None and rc != 0):
+            # a signal to the whole job (Ray's stop_job, a killpg) can end the trainer before this loop saw it
             patch["error"] = f"worker terminated by signal {self.terminated_by}"
             target = "failed"
         elif rc == 0:
@@ -484,13 +474,6 @@ class WorkerAgent:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name) or default)
-    except ValueError:
-        return default
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -501,15 +484,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--auth-token", help="remote mode bearer token (prefer env TIDAL_AUTH_TOKEN: not shown by ps)")
     p.add_argument("--manifest", default=os.environ.get("TIDAL_MANIFEST") or str(DEFAULT_MANIFEST_PATH))
     p.add_argument("--python-bin", default=os.environ.get("PYTHON_BIN") or sys.executable)
-    p.add_argument("--heartbeat-interval", type=float, default=_env_float("TIDAL_HEARTBEAT_INTERVAL", 10.0))
-    p.add_argument("--heartbeat-ttl", type=float, default=_env_float("TIDAL_HEARTBEAT_TTL", 60.0))
-    p.add_argument("--poll-interval", type=float, default=_env_float("TIDAL_SIGNAL_POLL_INTERVAL", 2.0))
-    p.add_argument("--stop-grace", type=float, default=_env_float("TIDAL_STOP_GRACE", 30.0))
+    env = os.environ
+    p.add_argument("--heartbeat-interval", type=float, default=env_number(env, "TIDAL_HEARTBEAT_INTERVAL", 10.0))
+    p.add_argument("--heartbeat-ttl", type=float, default=env_number(env, "TIDAL_HEARTBEAT_TTL", 60.0))
+    p.add_argument("--poll-interval", type=float, default=env_number(env, "TIDAL_SIGNAL_POLL_INTERVAL", 2.0))
+    p.add_argument("--stop-grace", type=float, default=env_number(env, "TIDAL_STOP_GRACE", 30.0))
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ConfigError as exc:  # a TIDAL_* number in the environment that is not one
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not JOB_ID_RE.match(args.job_id):
         print(f"error: invalid job id {args.job_id!r}", file=sys.stderr)
         return 2
@@ -531,7 +519,7 @@ def main(argv=None) -> int:
             return 2
         transport: Transport = HttpTransport(args.job_id, args.api_url, token)
     else:
-        redis_url = args.redis_url or os.environ.get("REDIS_URL")
+        redis_url = args.redis_url or os.environ.get("REDIS_URL", "")
         if not redis_url:
             print("error: pass --redis-url, --api-url, or set REDIS_URL", file=sys.stderr)
             return 2

@@ -26,14 +26,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from core.net import free_port
+from redis_launcher import EmbeddedRedis
+from tests.support import DashboardProcess
 
-from redis_launcher import EmbeddedRedis, free_port  # noqa: E402
-from tests.support import DashboardProcess  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 EXP = "20260101-000000-commit_bench-config_0000000000"
 REFERENCE_APP = """
@@ -68,10 +69,11 @@ def write_jobs(redis_url: str, n: int) -> None:
     r = redis.Redis.from_url(redis_url)
     now = time.time()
     for i in range(n):
-        job = {"jobId": f"job-{i:016x}", "type": "lm-training", "status": "completed", "provider": "local",
-               "config": {"configPath": "plugins/tidal/configs/base_config.yaml"}, "experimentId": EXP,
-               "createdAt": now - i, "updatedAt": now - i, "startedAt": now - i, "completedAt": now - i,
-               "error": None, "exitCode": 0}
+        job: dict[str, Any] = {
+            "jobId": f"job-{i:016x}", "type": "lm-training", "status": "completed", "provider": "local",
+            "config": {"configPath": "plugins/tidal/configs/base_config.yaml"}, "experimentId": EXP,
+            "createdAt": now - i, "updatedAt": now - i, "startedAt": now - i, "completedAt": now - i,
+            "error": None, "exitCode": 0}
         r.hset("tidal:jobs", job["jobId"], json.dumps(job))
     r.close()
 
@@ -197,7 +199,7 @@ async def sse_latency(base: str, redis_url: str, root: Path, clients: int, recor
     await asyncio.to_thread(write)
     try:
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     missing = sum(records - r for r in received)
     latencies.sort()
@@ -242,7 +244,8 @@ def main() -> int:
             metrics_url = f"{base}/api/experiments/{EXP}/metrics?maxPoints=1000"
             first = httpx.get(metrics_url, timeout=60).json()  # warm: parse the 50k records once
             assert first["originalCount"] == args.records, first["originalCount"]
-            results = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}}
+            results: dict[str, dict[str, Any]] = {
+                "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}}
             for name, url in [("reference GET /const (trivial FastAPI)", ref + "/const"),
                               ("GET /api/jobs (50 jobs)", base + "/api/jobs"),
                               ("GET /api/experiments/{id}/metrics?maxPoints=1000", metrics_url)]:

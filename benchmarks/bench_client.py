@@ -19,12 +19,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from redis_launcher import EmbeddedRedis
+from tests.browser import browser_unavailable, chromium, write_long_experiment
+from tests.support import DashboardServer, dashboard_settings
 
-from redis_launcher import EmbeddedRedis  # noqa: E402
-from tests.browser import browser_unavailable, chromium, write_long_experiment  # noqa: E402
-from tests.support import DashboardServer, dashboard_settings  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 LONG = "20260104-120000-commit_nogit-config_0123456789"
 SHORT = "20260105-120000-commit_nogit-config_0123456789"

@@ -26,14 +26,12 @@ import time
 from pathlib import Path
 
 import httpx
+from bench_api import EXP, cpu_name, load, rss_mb, sse_events, write_experiment, write_jobs  # the sibling file
+
+from redis_launcher import EmbeddedRedis
+from tests.support import DashboardProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from bench_api import EXP, cpu_name, load, rss_mb, sse_events, write_experiment, write_jobs  # noqa: E402
-from redis_launcher import EmbeddedRedis  # noqa: E402
-from tests.support import DashboardProcess  # noqa: E402
 
 RSS_GROWTH_LIMIT = 0.10
 
@@ -123,13 +121,15 @@ def main() -> int:
         rounds = []
         try:
             base = server.start().url
+            assert server.process is not None  # start() has launched it
+            pid = server.process.pid
             httpx.get(f"{base}/api/experiments/{EXP}/metrics?maxPoints=1000", timeout=60)  # warm the history cache
-            rss_start = rss_mb(server.process.pid)
+            rss_start = rss_mb(pid)
             for n in range(args.rounds):
                 result = asyncio.run(one_round(base, args, write_records))
                 time.sleep(1.0)  # disconnects processed, readers released
                 result["sse_readers_after"] = httpx.get(base + "/api/health", timeout=30).json()["sseReaders"]
-                result["rss_mb"] = rss_mb(server.process.pid)
+                result["rss_mb"] = rss_mb(pid)
                 rounds.append(result)
                 print(f"round {n + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         finally:

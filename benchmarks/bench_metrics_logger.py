@@ -26,14 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+import redis
+import torch
 
-import redis  # noqa: E402
-import torch  # noqa: E402
-
-from MetricsLogger import MetricsLogger, read_jsonl  # noqa: E402
-from redis_launcher import EmbeddedRedis, free_port  # noqa: E402
+from core.io import read_jsonl
+from core.net import free_port
+from MetricsLogger import MetricsLogger
+from redis_launcher import EmbeddedRedis
 
 METRIC_KEYS = ["Losses/Total", "Losses/Validation", "Learning Rate", "Iterations/Second", "Tokens/Second",
                "Epoch/Progress", "Perplexity", "Grad Norm", "Epoch", "MFU"]
@@ -134,6 +133,7 @@ def main() -> int:
         stream = rows[0][2].keys.stream
         in_stream, stream_bytes = client.xlen(stream), client.memory_usage(stream)
         client.close()
+        assert stream_bytes is not None, "the metrics stream is missing from Redis"
     control = measure_mode(step_fn, None, args.rounds, args.steps)
 
     ref_ms = statistics.median(r["ref_ms"] for _, r, _ in rows)

@@ -19,15 +19,15 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from reference_gpt import ReferenceGPT  # the sibling file (run as a file, its folder is importable)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.reference_gpt import ReferenceGPT  # noqa: E402
-from experiment_utils import resolve_device  # noqa: E402
-from plugins.tidal.TransformerLM import TransformerLM  # noqa: E402
-from plugins.tidal.Utils import BASE_CONFIG_PATH, load_config  # noqa: E402
+from experiment_utils import resolve_device
+from plugins.tidal.TransformerLM import TransformerLM
+from plugins.tidal.Utils import BASE_CONFIG_PATH, load_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -37,11 +37,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(fns: dict, repeats: int, device: torch.device) -> dict[str, float]:
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
     """Median seconds per call of each function, calling them in turn `repeats` times after one warm-up each."""
     for fn in fns.values():
         fn()
-    times = {name: [] for name in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             sync(device)
@@ -59,7 +59,7 @@ def train_step_fn(model, batch, dtype, device, fused: bool):
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             out = model(x, y)
-        loss = out[1]
+        loss = out[1]  # the loss of either model: LMOutput's second field, the reference's (logits, loss)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -118,38 +118,50 @@ def hf_cache(batch: int) -> str:
     return "static" if batch > 1 else "dynamic"
 
 
+def generation_fns(tidal, ref, hf, prompt, new_tokens: int, cache: str) -> dict[str, Callable[[], object]]:
+    """Each side's generate call on one prompt (closures over this call's arguments)."""
+    fns: dict[str, Callable[[], object]] = {
+        "tidal": lambda: tidal.generate(prompt, new_tokens, temperature=0.8, top_k=50, seed=0),
+        "minimal GPT": lambda: ref.generate(prompt, new_tokens, temperature=0.8, top_k=50)}
+    if hf is not None:
+        fns["HF GPT2LMHeadModel.generate"] = lambda: hf.generate(
+            prompt, max_new_tokens=new_tokens, do_sample=True, top_k=50, temperature=0.8, pad_token_id=0,
+            use_cache=True, **({} if cache == "dynamic" else {"cache_implementation": cache}))
+    return fns
+
+
+def bench_generation_dtype(config, device, dtype, new_tokens, repeats) -> list[dict]:
+    """The batch-1 and batch-16 generation rows in one dtype; its models are freed when it returns."""
+    rows: list[dict] = []
+    name = str(dtype).removeprefix("torch.")
+    torch.manual_seed(0)
+    packing = {"float32": "fp32", "bfloat16": "bf16"}[name]
+    tidal = TransformerLM(config.VOCAB_SIZE, config.replace(INFERENCE_WEIGHTS=packing)).to(device).eval()
+    torch.manual_seed(0)
+    ref = ReferenceGPT(config["VOCAB_SIZE"], config).to(device, dtype).eval()
+    hf = hf_gpt2(config, device, dtype)
+    for B in (1, 16):
+        prompt = torch.randint(0, config["VOCAB_SIZE"], (B, 8), generator=torch.Generator().manual_seed(B))
+        prompt = prompt.to(device)
+        fns = generation_fns(tidal, ref, hf, prompt, new_tokens, hf_cache(B))
+        with torch.inference_mode():
+            secs = interleaved(fns, repeats, device)
+        tokens = B * new_tokens
+        peers = {k: tokens / v for k, v in secs.items() if k != "tidal"}
+        best = max(peers, key=lambda k: peers[k])
+        rows.append({"what": f"generation ({name}, B={B}, {new_tokens} new tokens)",
+                     "tidal_tok_s": tokens / secs["tidal"], "reference": f"best peer: {best}",
+                     "reference_tok_s": peers[best], "ratio": tokens / secs["tidal"] / peers[best],
+                     "target": 1.3 if B == 1 else 1.5, "peers": peers, "batch": B, "dtype": name,
+                     "hf_cache": hf_cache(B) if hf is not None else None})
+    rows[-2]["roofline"] = roofline(tidal, rows[-2]["tidal_tok_s"], device)  # the batch-1 row
+    return rows
+
+
 def bench_generation(config, device, new_tokens, repeats):
     rows = []
     for dtype in [torch.float32] + ([torch.bfloat16] if has_bf16(device) else []):
-        name = str(dtype).removeprefix("torch.")
-        torch.manual_seed(0)
-        packing = {"float32": "fp32", "bfloat16": "bf16"}[name]
-        tidal = TransformerLM(config["VOCAB_SIZE"], {**config, "INFERENCE_WEIGHTS": packing}).to(device).eval()
-        torch.manual_seed(0)
-        ref = ReferenceGPT(config["VOCAB_SIZE"], config).to(device, dtype).eval()
-        hf = hf_gpt2(config, device, dtype)
-        for B in (1, 16):
-            prompt = torch.randint(0, config["VOCAB_SIZE"], (B, 8), generator=torch.Generator().manual_seed(B))
-            prompt = prompt.to(device)
-            fns = {"tidal": lambda: tidal.generate(prompt, new_tokens, temperature=0.8, top_k=50, seed=0),
-                   "minimal GPT": lambda: ref.generate(prompt, new_tokens, temperature=0.8, top_k=50)}
-            if hf is not None:
-                cache = hf_cache(B)
-                fns["HF GPT2LMHeadModel.generate"] = lambda: hf.generate(
-                    prompt, max_new_tokens=new_tokens, do_sample=True, top_k=50, temperature=0.8, pad_token_id=0,
-                    use_cache=True, **({} if cache == "dynamic" else {"cache_implementation": cache}))
-            with torch.inference_mode():
-                secs = interleaved(fns, repeats, device)
-            tokens = B * new_tokens
-            peers = {k: tokens / v for k, v in secs.items() if k != "tidal"}
-            best = max(peers, key=peers.get)
-            rows.append({"what": f"generation ({name}, B={B}, {new_tokens} new tokens)",
-                         "tidal_tok_s": tokens / secs["tidal"], "reference": f"best peer: {best}",
-                         "reference_tok_s": peers[best], "ratio": tokens / secs["tidal"] / peers[best],
-                         "target": 1.3 if B == 1 else 1.5, "peers": peers, "batch": B, "dtype": name,
-                         "hf_cache": hf_cache(B) if hf is not None else None})
-        rows[-2]["roofline"] = roofline(tidal, rows[-2]["tidal_tok_s"], device)  # the batch-1 row
-        del tidal, ref, hf
+        rows += bench_generation_dtype(config, device, dtype, new_tokens, repeats)
     return rows
 
 
@@ -205,8 +217,8 @@ def print_table(title: str, rows: list[dict], device: str) -> None:
             if "roofline" in r:
                 f = r["roofline"]
                 print(f"roofline {r['dtype']}, B=1: {f['weight_bytes_per_token'] / 2 ** 20:.1f} MiB of weights per "
-                      f"token x {r['tidal_tok_s']:.0f} tok/s = {f['bytes_per_s'] / 1e9:.1f} GB/s = {f['percent']:.0f} % of the "
-                      f"measured copy bandwidth ({f['copy_bandwidth'] / 1e9:.1f} GB/s)")
+                      f"token x {r['tidal_tok_s']:.0f} tok/s = {f['bytes_per_s'] / 1e9:.1f} GB/s = "
+                      f"{f['percent']:.0f} % of the measured copy bandwidth ({f['copy_bandwidth'] / 1e9:.1f} GB/s)")
 
 
 def main() -> int:

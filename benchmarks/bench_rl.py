@@ -1,5 +1,5 @@
 """RL environment throughput: N vectorized environments in one batched, KV-cached forward per step, side by side with
-ONE environment at a time (the original's rollouts, SPEC §14), in one process.
+ONE environment at a time (how the original ran its rollouts, ADR 0010), in one process.
 
 Both sides run the same GatingEnvironment under the same untrained PPO agent over the shipped action space (the
 residual grid around T 1, min-p 0.1). They use the base model config (untrained weights: speed does not depend on
@@ -13,8 +13,8 @@ median is reported, so machine noise hits both sides alike.
 `--before REF` instead measures the environment before and after a change: it checks REF out in a temporary git
 worktree and runs that tree's own bench_rl.py and this one in alternation, `--rounds` times each, with the same
 arguments and allocator settings, and reports each side's median vectorized steps/s and their ratio. The default
-REF is the code issue 14 measured ("today's" environment); the old tree keeps its own action space, observation and
-reward, so the figure is what a researcher's RL step cost then and costs now.
+REF is the environment before the decode fast path (ADR 0016, 4a8822f); the old tree keeps its own action space,
+observation and reward, so the figure is what a researcher's RL step cost then and costs now.
 
     python benchmarks/bench_rl.py [--config plugins/tidal/configs/base_config.yaml] [--num-envs 16] [--threads 1]
     python benchmarks/bench_rl.py --before 4a8822f --threads 1 [--rounds 5]
@@ -35,22 +35,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from experiment_utils import resolve_device  # noqa: E402
-from plugins.tidal.DataPipeline import EOT_TOKEN_ID  # noqa: E402
-from plugins.tidal.GatingEnvironment import GatingEnvironment  # noqa: E402
-from plugins.tidal.GatingModulator import make_action_space  # noqa: E402
-from plugins.tidal.GatingPolicyAgent import create_agent  # noqa: E402
-from plugins.tidal.Judges import NGramJudge  # noqa: E402
-from plugins.tidal.RewardComputer import RewardComputer  # noqa: E402
-from plugins.tidal.TransformerLM import TransformerLM, count_parameters  # noqa: E402
-from plugins.tidal.Utils import (  # noqa: E402
-    BASE_CONFIG_PATH, CONFIG_DIR, RL_CONFIG_PATH, TUNED_MALLOC_ENV, atomic_write_json, load_config, read_yaml,
-)
+from core.io import atomic_write_json
+from experiment_utils import resolve_device
+from plugins.tidal.DataPipeline import EOT_TOKEN_ID
+from plugins.tidal.GatingEnvironment import GatingEnvironment
+from plugins.tidal.GatingModulator import make_action_space
+from plugins.tidal.GatingPolicyAgent import create_agent
+from plugins.tidal.Judges import NGramJudge
+from plugins.tidal.RewardComputer import RewardComputer
+from plugins.tidal.TransformerLM import TransformerLM, count_parameters
+from plugins.tidal.Utils import BASE_CONFIG_PATH, CONFIG_DIR, RL_CONFIG_PATH, TUNED_MALLOC_ENV, load_config, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
-BEFORE_REF = "4a8822f"  # the environment issue 14 asked to make 2x faster
+BEFORE_REF = "4a8822f"  # the environment before the decode fast path (ADR 0016)
 QUICKSTART_CONFIG = CONFIG_DIR / "quickstart_config.yaml"
 TARGET_RATIO = 6.0
 NUM_PROMPTS = 256
@@ -104,7 +102,7 @@ def bench_config(name: str, config: dict, rl_config: dict, num_envs: int, steps:
              "single": Stepper(model, rl_config, reward_computer, prompts, agent, 1, device)}
     for side in sides.values():
         side.run(warmup)
-    seconds = {name: [] for name in sides}
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(repeats):
         for side_name, side in sides.items():
             seconds[side_name].append(side.run(steps))
@@ -145,7 +143,9 @@ def before_after(ref: str, rounds: int, passthrough: list[str], ours: list[str])
                     output = root / "benchmarks" / "results" / "bench_rl.json" if side == "before" else \
                         Path(tmp) / "after.json"
                     extra = ["--output", str(output), *ours] if side == "after" else []
-                    subprocess.run([sys.executable, "benchmarks/bench_rl.py", *passthrough, *extra], cwd=root, env=env,
+                    # PYTHONPATH (ahead of the editable install) makes each side import its own tree's code
+                    subprocess.run([sys.executable, "benchmarks/bench_rl.py", *passthrough, *extra], cwd=root,
+                                   env={**env, "PYTHONPATH": str(root)},
                                    check=True, capture_output=True)
                     runs[side].append({r["config"]: r["vectorized_steps_per_s"]
                                        for r in json.loads(output.read_text())["rows"]})
@@ -208,8 +208,8 @@ def main() -> int:
     configs = [("base", load_config(args.config))]
     if QUICKSTART_CONFIG.exists():
         configs.append(("quickstart", load_config(QUICKSTART_CONFIG)))
-    for _, config in configs:
-        config["INFERENCE_WEIGHTS"] = args.inference_weights or config["INFERENCE_WEIGHTS"]
+    if args.inference_weights:
+        configs = [(name, config.replace(INFERENCE_WEIGHTS=args.inference_weights)) for name, config in configs]
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows = [bench_config(name, config, rl_config, args.num_envs, args.steps, args.repeats, args.warmup, device)
             for name, config in configs]

@@ -79,13 +79,14 @@ def table() -> str:
         ref = api["reference GET /const (trivial FastAPI)"]
         for key, value in api.items():
             if key.startswith("GET /api"):
-                rows.append(f"| {key}, 50 concurrent clients (p99 {value['p99_ms']:.0f} ms, {value['errors']} errors) | "
-                            f"{fmt(value['rps'])} req/s | trivial FastAPI endpoint: {fmt(ref['rps'])} req/s | "
+                rows.append(f"| {key}, 50 concurrent clients (p99 {value['p99_ms']:.0f} ms, "
+                            f"{value['errors']} errors) | {fmt(value['rps'])} req/s | "
+                            f"trivial FastAPI endpoint: {fmt(ref['rps'])} req/s | "
                             f"**{value['rps'] / ref['rps']:.2f}×** | 0 errors |")
         sse = api["sse"]
-        rows.append(f"| MetricsLogger write → SSE delivery, {sse['clients']} clients ({sse['deliveries']:,} deliveries, "
-                    f"{sse['missing']} missing, {sse['errors']} errors) | p50 {sse['p50_ms']:.0f} ms, "
-                    f"p99 **{sse['p99_ms']:.0f} ms** | — | — | p99 < 250 ms |")
+        rows.append(f"| MetricsLogger write → SSE delivery, {sse['clients']} clients "
+                    f"({sse['deliveries']:,} deliveries, {sse['missing']} missing, {sse['errors']} errors) | "
+                    f"p50 {sse['p50_ms']:.0f} ms, p99 **{sse['p99_ms']:.0f} ms** | — | — | p99 < 250 ms |")
     logger = load("bench_metrics_logger.json")
     if logger:
         rows.append(f"| MetricsLogger overhead per training step (worst of Redis up / down / disk only) | "
@@ -104,9 +105,9 @@ def table() -> str:
     if client:
         long, short = client["long"], client["short"]
         rows.append(f"| Web client: first paint of the loss chart, {client['steps']:,}-step run (Chromium; cold "
-                    f"{long['cold_ms']:,.0f} ms, {long['points_plotted']} points plotted) | {long['warm_ms']:,.0f} ms | "
-                    f"1,000-step run: {short['warm_ms']:,.0f} ms | **{client['ratio_warm']:.2f}×** | "
-                    f"≤ {client['target_ratio']:g}× |")
+                    f"{long['cold_ms']:,.0f} ms, {long['points_plotted']} points plotted) | "
+                    f"{long['warm_ms']:,.0f} ms | 1,000-step run: {short['warm_ms']:,.0f} ms | "
+                    f"**{client['ratio_warm']:.2f}×** | ≤ {client['target_ratio']:g}× |")
     machine = (model or {}).get("machine") or platform.processor()
     rows.append("")
     rows.append(f"Machine: {platform.machine()} {machine}; Python {platform.python_version()}. "

@@ -12,7 +12,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from plugins.tidal.Utils import TidalError
+from core.errors import TidalError
 
 
 def demo_token(experiments_dir: Path) -> tuple[str, Path, bool]:

@@ -15,10 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from experiment_utils import experiments_root, make_experiment_id
 
-from experiment_utils import experiments_root, make_experiment_id  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 LM_CONFIG = "plugins/tidal/configs/quickstart_config.yaml"
 RL_CONFIG = "plugins/tidal/configs/rl_quickstart_config.yaml"

@@ -20,14 +20,13 @@ import secrets
 import sys
 from pathlib import Path
 
+import httpx
+
+from experiment_utils import experiments_root
+from tests.browser import browser_unavailable, chromium
+from tests.support import DashboardProcess
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import httpx  # noqa: E402
-
-from experiment_utils import experiments_root  # noqa: E402
-from tests.browser import browser_unavailable, chromium  # noqa: E402
-from tests.support import DashboardProcess  # noqa: E402
 
 VIEWPORT = {"width": 1440, "height": 1000}
 
@@ -89,8 +88,10 @@ def shoot(url: str, lm: dict, rl: dict, out: Path) -> list[Path]:
         page.wait_for_selector('[data-testid="config-diff-box"] h3')  # the diff has answered (table or "same config")
         save("dashboard-runs.png", max_height=VIEWPORT["height"])  # the table and the diff's first rows
 
-        model = next(c for c in reversed(lm["checkpoints"]) if "_v" in c)  # the final weights, e.g. transformer-lm_v1.0.0
-        controller = "rl_checkpoint_final.pth" if "rl_checkpoint_final.pth" in rl["checkpoints"] else rl["checkpoints"][-1]
+        # the final weights, e.g. transformer-lm_v1.0.0
+        model = next(c for c in reversed(lm["checkpoints"]) if "_v" in c)
+        final_rl = "rl_checkpoint_final.pth"
+        controller = final_rl if final_rl in rl["checkpoints"] else rl["checkpoints"][-1]
         page.goto(f"{url}/#/generate")
         page.wait_for_selector("#gen-run")
         page.fill("#gen-prompt", "Once upon a time, there was a little girl named Lily.")

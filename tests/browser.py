@@ -139,13 +139,14 @@ def study_results(learned_nll: float = 2.78) -> dict:
     """A realistic `ablation_results.json` of the held-out quality–diversity study (the shape the dashboard's
     Ablation tab and MCP `get_ablation` read): eight fixed-decoder families tuned on dev, a learned controller with
     one RL seed and its mean, the per-token oracle, the human continuations and the verdict."""
-    grids = {"temperature": [("T", t) for t in (0.5, 0.7, 0.9, 1.0, 1.2)], "top_p": [("p", p) for p in (0.8, 0.9, 0.95)],
-             "top_k": [("k", k) for k in (10, 40, 100)], "min_p": [("min_p", m) for m in (0.02, 0.05, 0.1, 0.2)],
-             "mirostat": [("tau", t) for t in (2.0, 3.0, 4.0)], "edt": [("theta", t) for t in (0.5, 1.0)],
-             "greedy": [("T", 0.0)], "constant_action": [("m", m) for m in (0.3, 0.5)]}
+    grids: dict[str, list[tuple[str, float]]] = {
+        "temperature": [("T", t) for t in (0.5, 0.7, 0.9, 1.0, 1.2)], "top_p": [("p", p) for p in (0.8, 0.9, 0.95)],
+        "top_k": [("k", k) for k in (10, 40, 100)], "min_p": [("min_p", m) for m in (0.02, 0.05, 0.1, 0.2)],
+        "mirostat": [("tau", t) for t in (2.0, 3.0, 4.0)], "edt": [("theta", t) for t in (0.5, 1.0)],
+        "greedy": [("T", 0.0)], "constant_action": [("m", m) for m in (0.3, 0.5)]}
     families, frontier = {}, {}
     for f, (family, grid) in enumerate(grids.items()):
-        points = {}
+        points: dict[str, list[dict]] = {}
         for split, shift in (("test", 0.0), ("dev", 0.01)):
             points[split] = []
             for i, (param, value) in enumerate(grid):

@@ -1,80 +1,37 @@
 """Shared test support: real services (Redis, subprocesses) and tiny configs, used by every test suite.
 
-Import as `from tests.support import ...` (the suites run from the project root).
+Import as `from tests.support import ...` (the suites run from the project root). The helpers the plugin's own suites
+need too (tiny configs, TempDirTestCase, run_python, wait_for) are defined in `plugins.tidal.tests.support` (the
+plugin may not import this layer) and re-exported here.
 """
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import unittest
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from plugins.tidal.Utils import BASE_CONFIG_PATH, PROJECT_ROOT, RL_CONFIG_PATH, read_yaml
-from redis_launcher import EmbeddedRedis, free_port  # noqa: F401  (re-exported for tests)
+from core.net import free_port
+from core.paths import PROJECT_ROOT
+from plugins.tidal.tests.support import (  # noqa: F401  (re-exported for tests)
+    PYTHON,
+    TINY_MODEL,
+    TempDirTestCase,
+    base_config,
+    rl_config,
+    run_python,
+    tiny_config,
+    wait_for,
+)
+from redis_launcher import EmbeddedRedis
 
-PYTHON = sys.executable
+if TYPE_CHECKING:  # imported where used, at run time
+    import asyncio
 
-# A model small enough for a CPU test to train a few steps in well under a second, but with every component.
-TINY_MODEL = {
-    "EMBED_DIM": 32, "NUM_TRANSFORMER_BLOCKS": 2, "NUM_ATTENTION_HEADS": 4, "FFN_HIDDEN_DIM": 64,
-    "MAX_CONTEXT_LENGTH": 32, "DROPOUT": 0.0,
-}
-
-
-def base_config(**overrides) -> dict:
-    config = copy.deepcopy(read_yaml(BASE_CONFIG_PATH))
-    config.update(overrides)
-    return config
-
-
-def tiny_config(**overrides) -> dict:
-    """The base config with a tiny model, the built-in corpus, CPU, fp32 and no compile."""
-    config = base_config(**TINY_MODEL)
-    config.update({
-        "DATASET": "builtin:tinytales", "BUILTIN_NUM_STORIES": 200, "DEVICE": "cpu", "TORCH_COMPILE": False,
-        "AMP_DTYPE": "fp32", "BATCH_SIZE": 8, "DESIRED_BATCH_SIZE": 8, "EVAL_BATCH_SIZE": 8, "NUM_EPOCHS": 1,
-        "EVAL_INTERVAL": 5, "EVAL_MAX_BATCHES": 2, "EVAL_MAX_NEW_TOKENS": 8, "NUM_CPU_CORE_WORKERS": 1,
-    })
-    config.update(overrides)
-    return config
-
-
-def rl_config(**overrides) -> dict:
-    config = copy.deepcopy(read_yaml(RL_CONFIG_PATH))
-    config.update(overrides)
-    return config
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"):
-    """Poll `predicate` until it returns a truthy value or the deadline passes (no fixed sleeps in tests)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.1f} s waiting for {message}")
-
-
-def run_python(*args: str, timeout: float = 120, env: dict | None = None, cwd: str | os.PathLike = PROJECT_ROOT
-               ) -> subprocess.CompletedProcess:
-    """Run `python <args>` from the project root and capture its output as text."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([PYTHON, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
-
-
-class TempDirTestCase(unittest.TestCase):
-    """Gives each test a fresh temporary directory in `self.tmp` (a Path), removed afterwards."""
-
-    def setUp(self) -> None:
-        super().setUp()
-        self._tmp = tempfile.TemporaryDirectory(prefix="tidal-test-")
-        self.tmp = Path(self._tmp.name)
-        self.addCleanup(self._tmp.cleanup)
+    import httpx
 
 
 class RedisTestCase(TempDirTestCase):
@@ -139,22 +96,22 @@ class DashboardServer:
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
                                                     timeout_graceful_shutdown=2, lifespan="on",
                                                     proxy_headers=False))
-        self.loop = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server thread's, once it runs
         self._thread = threading.Thread(target=self._run, name="dashboard-server", daemon=True)
 
     def _run(self) -> None:
         import asyncio
 
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
+        self.loop = loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         try:
-            self.loop.run_until_complete(self.server.serve())
+            loop.run_until_complete(self.server.serve())
         finally:  # end what the server left (sse-starlette's shutdown watcher, cancelled readers), then close
-            pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
             for task in pending:
                 task.cancel()
-            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            self.loop.close()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
 
     @property
     def url(self) -> str:
@@ -164,7 +121,7 @@ class DashboardServer:
     def services(self):
         return self.app.state.services
 
-    def start(self, timeout: float = 20.0) -> "DashboardServer":
+    def start(self, timeout: float = 20.0) -> DashboardServer:
         self._thread.start()
         wait_for(lambda: self.server.started or not self._thread.is_alive(), timeout, message="dashboard start")
         if not self.server.started:
@@ -174,6 +131,7 @@ class DashboardServer:
     def call(self, coro_fn, timeout: float = 10.0):
         import asyncio
 
+        assert self.loop is not None, "the dashboard server has not started"
         return asyncio.run_coroutine_threadsafe(coro_fn(), self.loop).result(timeout)
 
     def stop(self) -> None:
@@ -185,7 +143,7 @@ class DashboardServer:
             self.server.should_exit = True
             self._thread.join(timeout=15)
 
-    def __enter__(self) -> "DashboardServer":
+    def __enter__(self) -> DashboardServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -228,7 +186,7 @@ class DashboardProcess:
                 env[key] = value
         return env
 
-    def start(self, timeout: float = 60.0) -> "DashboardProcess":
+    def start(self, timeout: float = 60.0) -> DashboardProcess:
         with open(self._log.name, "ab") as log:
             self.process = subprocess.Popen(
                 [PYTHON, "-m", "dashboard", "--port", str(self.port), "--log-level", self.log_level, *self.args],
@@ -262,7 +220,7 @@ class DashboardProcess:
         self.stop()
         Path(self._log.name).unlink(missing_ok=True)
 
-    def __enter__(self) -> "DashboardProcess":
+    def __enter__(self) -> DashboardProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -313,11 +271,11 @@ class SSEClient:
 
         import httpx
 
-        self.events: "queue.Queue[dict | None]" = queue.Queue()
+        self.events: queue.Queue[dict | None] = queue.Queue()
         self.status_code: int | None = None
         self.body: bytes = b""
         self._client = httpx.Client(timeout=httpx.Timeout(timeout, read=None))
-        self._response = None
+        self._response: httpx.Response | None = None
         self._opened = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._read, args=(url, headers or {}), daemon=True)
@@ -394,7 +352,7 @@ class SSEClient:
             self._client.close()
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> "SSEClient":
+    def __enter__(self) -> SSEClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -549,6 +507,7 @@ class LiveDashboardTestCase(unittest.TestCase):
     (an httpx client on the server), `cls.server`, `cls.redis`, `cls.root` and `cls.tmp`."""
 
     settings_overrides: dict = {}
+    server: DashboardServer  # set by setUpClass
 
     @classmethod
     def populate(cls, root: Path) -> None:

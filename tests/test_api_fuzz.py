@@ -12,9 +12,14 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_headers_conformance,
-                                               response_schema_conformance, status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
+from core.testing import slow
 from tests.support import LiveDashboardTestCase, auth_headers, write_tiny_experiment
 
 EXP = "20260101-120000-commit_nogit-config_0123456789"
@@ -28,6 +33,7 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize
                 phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck), print_blob=False)
 
 
+@slow
 class ApiFuzzTest(LiveDashboardTestCase):
     @classmethod
     def populate(cls, root):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import unittest
 from pathlib import Path
 
+from core.testing import slow
 from MetricsLogger import MetricsLogger
 from tests.browser import BrowserTestCase, browser_unavailable, write_long_experiment, write_rl_experiment
 from tests.support import DASHBOARD_TOKEN, fake_plugin, write_fake_config, write_tiny_experiment
@@ -21,6 +22,7 @@ LONG = "20260104-120000-commit_nogit-config_0123456789"
 LONG_STEPS = 200_000
 
 
+@slow
 @unittest.skipIf(browser_unavailable(), browser_unavailable() or "")
 class ClientBrowserTest(BrowserTestCase):
     @classmethod
@@ -67,6 +69,8 @@ class ClientBrowserTest(BrowserTestCase):
                 self.page.locator(ready).first.wait_for(state="attached")
                 if route == f"#/exp/{RL}":
                     expect(self.chart("episode_rewards")).to_have_attribute("data-last-x", str(40 * 1024))
+                    # one chart of the reward components the manifest declares (metrics.rl.rewardComponents)
+                    expect(self.chart("reward_quality")).to_have_attribute("data-last-x", str(40 * 1024))
         self.assert_no_console_errors()
 
     def test_an_empty_experiments_directory_is_a_clean_page_too(self):

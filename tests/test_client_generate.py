@@ -9,6 +9,7 @@ import json
 import time
 import unittest
 
+from core.testing import slow
 from tests.browser import BrowserTestCase, browser_unavailable
 from tests.support import write_tiny_experiment
 
@@ -29,6 +30,7 @@ def make_eos_lm(exp_dir) -> None:
     torch.save(state, path)
 
 
+@slow
 @unittest.skipIf(browser_unavailable(), browser_unavailable() or "")
 class GeneratePageTest(BrowserTestCase):
     @classmethod

@@ -1,5 +1,5 @@
 """Runs started from the command line, as a researcher sees them in a real browser (Debian Chromium via Playwright)
-on a real dashboard and Redis (issue 15).
+on a real dashboard and Redis.
 
 With no configuration at all (REDIS_URL unset in the trainer's environment), a `Main.py` run started from a shell
 while its page is open moves its chart within 2 s: the dashboard announces its Redis under the experiments directory
@@ -14,7 +14,9 @@ import unittest
 
 import yaml
 
-from MetricsLogger import MetricsLogger, read_jsonl
+from core.io import read_jsonl
+from core.testing import slow
+from MetricsLogger import MetricsLogger
 from tests.browser import BrowserTestCase, browser_unavailable
 from tests.support import PROJECT_ROOT, PYTHON, tiny_config, wait_for
 
@@ -22,6 +24,7 @@ FAILED = "20260105-120000-commit_nogit-config_0123456789"
 HUB_ERROR = "dataset 'x/y': the Hugging Face Hub is unreachable and it is not in the local cache"
 
 
+@slow
 @unittest.skipIf(browser_unavailable(), browser_unavailable() or "")
 class LiveCliRunTest(BrowserTestCase):
     @classmethod
@@ -50,8 +53,13 @@ class LiveCliRunTest(BrowserTestCase):
     def test_a_run_started_from_the_cli_moves_its_chart_within_two_seconds(self):
         before = {p.name for p in self.root.iterdir()}
         proc = self.start_cli_run()
-        new_run = lambda: next((p for p in self.root.iterdir() if p.name not in before and p.is_dir()), None)
-        history = lambda: new_run() and read_jsonl(new_run() / "dashboard_metrics" / "metrics.jsonl")
+
+        def new_run():
+            return next((p for p in self.root.iterdir() if p.name not in before and p.is_dir()), None)
+
+        def history():
+            return new_run() and read_jsonl(new_run() / "dashboard_metrics" / "metrics.jsonl")
+
         wait_for(lambda: proc.poll() is not None or history(), timeout=120, interval=0.1,
                  message="the CLI run's first metrics")
         self.assertIsNone(proc.poll(), self.log.read_text()[-3000:] if proc.poll() is not None else "")

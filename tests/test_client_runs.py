@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import unittest
 
+from core.testing import slow
 from MetricsLogger import MetricsLogger
 from tests.browser import BrowserTestCase, browser_unavailable, study_results, write_rl_experiment
 from tests.support import DASHBOARD_TOKEN, write_tiny_experiment
@@ -19,6 +20,7 @@ STUDY = "20260103-120000-commit_nogit-config_0123456789-rl_abcdef0123"
 OLD = "20260104-120000-commit_nogit-config_0123456789-rl_abcdef0123"
 
 
+@slow
 @unittest.skipIf(browser_unavailable(), browser_unavailable() or "")
 class ClientRunsTest(BrowserTestCase):
     @classmethod

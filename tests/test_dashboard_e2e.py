@@ -8,10 +8,20 @@ import unittest
 import httpx
 import yaml
 
-from tests.support import (PROJECT_ROOT, DashboardServer, RedisTestCase, SSEClient, auth_headers,
-                           dashboard_settings, tiny_config, wait_for)
+from core.testing import slow
+from tests.support import (
+    PROJECT_ROOT,
+    DashboardServer,
+    RedisTestCase,
+    SSEClient,
+    auth_headers,
+    dashboard_settings,
+    tiny_config,
+    wait_for,
+)
 
 
+@slow
 @unittest.skipUnless((PROJECT_ROOT / "plugins" / "tidal" / "Main.py").exists(), "plugins/tidal/Main.py not written yet")
 class TinyLMJobTest(RedisTestCase):
     def test_a_tiny_lm_job_runs_streams_and_completes(self):
@@ -41,7 +51,8 @@ class TinyLMJobTest(RedisTestCase):
             final = wait_for(lambda: (j := job())["status"] in ("completed", "failed", "cancelled") and j, 60,
                              message="job finished")
             logs = http.get(f"/api/jobs/{job_id}/logs", params={"limit": 5000}).json()["lines"]
-            self.assertEqual(final["status"], "completed", f"{final}\n" + "\n".join(l["line"] for l in logs[-30:]))
+            self.assertEqual(final["status"], "completed",
+                             f"{final}\n" + "\n".join(line["line"] for line in logs[-30:]))
             self.assertEqual(final["exitCode"], 0)
             self.assertGreater(len(logs), 0)
 

@@ -8,11 +8,20 @@ import unittest
 
 import httpx
 
+from core.manifest import load_manifest
+from core.testing import slow
 from dashboard.server.services.metrics_reader import JsonlTail, downsample
-from dashboard.server.services.plugin_registry import load_manifest
 from MetricsLogger import MetricsLogger
-from tests.support import (DashboardServer, LiveDashboardTestCase, RedisTestCase, TempDirTestCase, auth_headers,
-                           dashboard_settings, wait_for, write_tiny_experiment)
+from tests.support import (
+    DashboardServer,
+    LiveDashboardTestCase,
+    RedisTestCase,
+    TempDirTestCase,
+    auth_headers,
+    dashboard_settings,
+    wait_for,
+    write_tiny_experiment,
+)
 
 KEYS = load_manifest().redis
 LM = "20260101-120000-commit_nogit-config_0123456789"
@@ -65,6 +74,7 @@ class JsonlTailTest(TempDirTestCase):
         self.assertEqual([r["step"] for r in tail.read(path)[0]], [9])
 
 
+@slow
 class ExperimentsApiTest(RedisTestCase):
     def setUp(self):
         super().setUp()
@@ -72,8 +82,8 @@ class ExperimentsApiTest(RedisTestCase):
         lm_dir, rl_dir = self.root / LM, self.root / RL
         for d in (lm_dir, rl_dir):
             d.mkdir(parents=True)
-        (lm_dir / "metadata.json").write_text(json.dumps({"type": "lm", "created_at": 1000.0,
-                                                          "config_path": "plugins/tidal/configs/quickstart_config.yaml"}))
+        (lm_dir / "metadata.json").write_text(json.dumps(
+            {"type": "lm", "created_at": 1000.0, "config_path": "plugins/tidal/configs/quickstart_config.yaml"}))
         (rl_dir / "metadata.json").write_text(json.dumps({"type": "rl", "created_at": 2000.0,
                                                           "source_experiment": LM}))
         self.logger = MetricsLogger(lm_dir, redis_url="")
@@ -175,8 +185,13 @@ class ExperimentsApiTest(RedisTestCase):
         MetricsLogger(exp, redis_url=self.redis_url).finalize("stopped")
         wait_for(lambda: self.redis.get(KEYS.status(LM)), message="the stopped status in Redis")
         MetricsLogger(exp, redis_url="").finalize("completed")
-        status = lambda: self.http.get(f"/api/experiments/{LM}/status").json()["status"]["status"]
-        listed = lambda: {e["id"]: e for e in self.http.get("/api/experiments").json()["experiments"]}[LM]
+
+        def status():
+            return self.http.get(f"/api/experiments/{LM}/status").json()["status"]["status"]
+
+        def listed():
+            return {e["id"]: e for e in self.http.get("/api/experiments").json()["experiments"]}[LM]
+
         self.assertEqual((status(), listed()["status"], listed()["live"]), ("completed", "completed", False))
         MetricsLogger(exp, redis_url=self.redis_url).finalize("failed", error="boom")  # and newer in Redis again
         wait_for(lambda: "failed" in self.redis.get(KEYS.status(LM)), message="the failed status in Redis")

@@ -1,5 +1,5 @@
 """/api/generate and /api/analyze-trajectories with a tiny real checkpoint: in-process through the model cache
-(off the event loop), and forwarded to plugins/tidal/inference_server.py when INFERENCE_URL is set."""
+(off the event loop), and forwarded to dashboard/server/inference_server.py when INFERENCE_URL is set."""
 from __future__ import annotations
 
 import os
@@ -14,8 +14,18 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.support import (PROJECT_ROOT, DashboardServer, EmbeddedRedis, LiveDashboardTestCase, dashboard_settings,
-                           free_port, http_ok, tiny_config, wait_for)
+from core.testing import slow
+from tests.support import (
+    PROJECT_ROOT,
+    DashboardServer,
+    EmbeddedRedis,
+    LiveDashboardTestCase,
+    dashboard_settings,
+    free_port,
+    http_ok,
+    tiny_config,
+    wait_for,
+)
 
 try:
     from plugins.tidal.Generator import load_generator  # noqa: F401
@@ -159,6 +169,7 @@ class GenerateTest(LiveDashboardTestCase):
         self.assertEqual(r.status_code, 400, r.text)
         self.assertNotIn("Traceback", r.text)
 
+    @slow
     def test_generation_runs_off_the_event_loop(self):
         done = threading.Event()
         # the longest generation the API allows: the tiny model's decode loop is fast enough that 80 tokens could be
@@ -184,6 +195,7 @@ class GenerateTest(LiveDashboardTestCase):
         self.assertEqual(set(body["sweepTexts"]), {"0.0", "0.5", "1.0"})
 
 
+@slow
 @unittest.skipUnless(HAVE_GENERATOR, "plugins.tidal.Generator.load_generator is not available")
 class InferenceServerTest(unittest.TestCase):
     def test_the_dashboard_forwards_to_the_inference_server(self):
@@ -192,7 +204,7 @@ class InferenceServerTest(unittest.TestCase):
             make_checkpoints(root)
             port = free_port()
             env = {**os.environ, "EXPERIMENTS_DIR": str(root)}
-            proc = subprocess.Popen([sys.executable, "-m", "plugins.tidal.inference_server", "--port", str(port)],
+            proc = subprocess.Popen([sys.executable, "-m", "dashboard.server.inference_server", "--port", str(port)],
                                     cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 url = f"http://127.0.0.1:{port}"

@@ -8,7 +8,7 @@ import os
 import socket
 import unittest
 
-
+from core.testing import slow
 from tests.support import LiveDashboardTestCase, auth_headers, write_tiny_experiment
 
 EXP = "20260101-120000-commit_nogit-config_0123456789"
@@ -227,6 +227,7 @@ class ModelInputTest(LiveDashboardTestCase):
                                                                "samplesPerPrompt": 10**9})
         self.assertEqual((r.status_code, r.json()["detail"][0]["field"]), (422, "body.samplesPerPrompt"))
 
+    @slow
     def test_broken_checkpoint_files_are_400_naming_the_file(self):
         for name in ("empty.pth", "truncated.pth", "garbage.pth", "header-only.pth"):
             for path in ("/api/generate", "/api/analyze-trajectories"):

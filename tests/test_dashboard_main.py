@@ -11,10 +11,12 @@ import unittest
 
 import httpx
 
-from redis_launcher import discover_redis_url
+from core.net import discover_redis_url
+from core.testing import slow
 from tests.support import PROJECT_ROOT, TempDirTestCase, free_port, http_ok, wait_for
 
 
+@slow
 class DashboardMainTest(TempDirTestCase):
     def env(self, **extra):
         env = {k: v for k, v in os.environ.items() if k not in ("TIDAL_AUTH_TOKEN", "REDIS_URL")}
@@ -59,7 +61,7 @@ class DashboardMainTest(TempDirTestCase):
             r = httpx.post(url + "/api/jobs/job-none/cancel", headers={"Authorization": "Bearer nope"})
             self.assertEqual(r.status_code, 401)
             redis_port = int((self.tmp / "experiments" / ".redis" / "port").read_text())
-            # announced under the experiments directory, where a run started from the CLI finds it (issue 15)
+            # announced under the experiments directory, where a run started from the CLI finds it (ADR 0006)
             announced = self.tmp / "experiments" / ".redis_url"
             self.assertEqual(discover_redis_url(self.tmp / "experiments"), f"redis://127.0.0.1:{redis_port}/0")
             self.assertEqual(stat.S_IMODE(announced.stat().st_mode), 0o600)

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from core.testing import slow
 from tests.support import DashboardProcess, DashboardServer, RedisTestCase, dashboard_settings, wait_for
 
 
@@ -62,6 +63,7 @@ class TokenBucketTest(RateLimitTest):
         self.assertEqual(self.hit(headers={"X-Forwarded-For": "10.0.0.99"}).status_code, 429)
 
 
+@slow
 class TwoServerProcessesTest(RedisTestCase):
     """Two `python -m dashboard` processes (as deployed: uvicorn, no proxy trusted) share one Redis. Concurrent
     bursts from one client to both, each request claiming another client in every forwarding header, are admitted
@@ -118,6 +120,7 @@ class TrustedProxyTest(RateLimitTest):
         self.assertEqual(self.hit(headers={"X-Forwarded-For": "203.0.113.8"}).status_code, 422)
 
 
+@slow
 class RefillTest(RateLimitTest):
     settings_overrides = {"rate_refill_seconds": 0.3}
 
@@ -129,6 +132,7 @@ class RefillTest(RateLimitTest):
         self.assertEqual(self.hit().status_code, 429)
 
 
+@slow
 class FailOpenTest(RateLimitTest):
     settings_overrides = {"rate_breaker_seconds": 0.5}
 

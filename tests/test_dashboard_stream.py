@@ -9,8 +9,9 @@ import unittest
 
 import httpx
 
-from dashboard.server.services.plugin_registry import load_manifest
-from tests.support import (DashboardServer, RedisTestCase, SSEClient, auth_headers, dashboard_settings, wait_for)
+from core.manifest import load_manifest
+from core.testing import slow
+from tests.support import DashboardServer, RedisTestCase, SSEClient, auth_headers, dashboard_settings, wait_for
 
 KEYS = load_manifest().redis
 EXP = "20260101-120000-commit_nogit-config_0123456789"
@@ -51,6 +52,7 @@ class StreamTestCase(RedisTestCase):
         return got
 
 
+@slow
 class ReplayTest(StreamTestCase):
     def test_live_events_carry_stream_ids_and_kinds(self):
         c = self.client()
@@ -104,6 +106,7 @@ class ReplayTest(StreamTestCase):
             self.assertEqual(http.get("/api/experiments/bad..id/stream").status_code, 400)
 
 
+@slow
 class FanOutTest(StreamTestCase):
     def hub(self):
         return self.server.services.hub
@@ -131,6 +134,7 @@ class FanOutTest(StreamTestCase):
         self.assertIn("timestamp", json.loads(beats[-1]["data"]))
 
 
+@slow
 class SlowClientTest(StreamTestCase):
     settings_overrides = {"sse_queue_size": 100, "sse_send_timeout": 2.0}
 
@@ -152,6 +156,7 @@ class SlowClientTest(StreamTestCase):
                  message="slow client dropped")
 
 
+@slow
 class JobStreamTest(StreamTestCase):
     def test_job_updates_and_log_lines_with_replay(self):
         c = SSEClient(f"{self.server.url}/api/jobs/stream")

@@ -15,7 +15,8 @@ import torch
 import yaml
 
 import experiment_utils as eu
-from plugins.tidal.Utils import PROJECT_ROOT, TidalError
+from core.errors import TidalError
+from core.paths import PROJECT_ROOT
 from tests.support import TempDirTestCase
 
 ID_PATTERN = re.compile(r"^\d{8}-\d{6}-commit_(?:[0-9a-f]{4,40}|nogit)-config_[0-9a-f]{10}$")

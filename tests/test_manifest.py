@@ -5,8 +5,9 @@ import unittest
 
 import yaml
 
-from dashboard.server.services.plugin_registry import (DEFAULT_MANIFEST_PATH, ManifestError, PluginRegistry,
-                                                       load_manifest)
+from core import names
+from core.manifest import DEFAULT_MANIFEST_PATH, ManifestError, load_manifest
+from dashboard.server.services.plugin_registry import PluginRegistry
 from tests.support import TempDirTestCase
 
 
@@ -42,7 +43,8 @@ class ShippedManifestTest(unittest.TestCase):
         import json
         import re
 
-        from plugins.tidal.Utils import PLUGIN_DIR, PROJECT_ROOT, read_yaml
+        from core.paths import PROJECT_ROOT
+        from plugins.tidal.Utils import PLUGIN_DIR, read_yaml
 
         for phase in self.manifest.trainingPhases:
             with self.subTest(phase=phase.id):
@@ -63,8 +65,6 @@ class ShippedManifestTest(unittest.TestCase):
         self.assertEqual(c("rl_agent_v2.pth"), ("unknown", None))  # excludePrefix rl_ keeps it out of "final"
         self.assertEqual(c("training_state.pth"), ("unknown", None))
         self.assertTrue(self.manifest.is_rl_checkpoint("rl_checkpoint_final.pth"))
-        self.assertTrue(self.manifest.is_model_checkpoint("transformer-lm_v1.0.0.pth"))
-        self.assertFalse(self.manifest.is_model_checkpoint("rl_checkpoint_iter_2.pth"))
 
     def test_generation_modes_and_parameter_ranges(self):
         g = self.manifest.generation
@@ -77,9 +77,6 @@ class ShippedManifestTest(unittest.TestCase):
 
     def test_metrics_and_redis_keys(self):
         m = self.manifest
-        self.assertEqual(m.metrics.redisPrefix, "tidal")
-        for key in ("Losses/Total", "Losses/Validation", "Learning Rate", "Tokens/Second", "Perplexity"):
-            self.assertIn(key, m.metrics.lm.primaryKeys)
         self.assertEqual(m.redis.jobsHash, "tidal:jobs")
         self.assertEqual(m.redis.jobsActiveSet, "tidal:jobs:active")
         self.assertEqual(m.redis.updatesChannel, "tidal:job:updates")
@@ -87,6 +84,35 @@ class ShippedManifestTest(unittest.TestCase):
         self.assertEqual(m.redis.logs("j1"), "tidal:logs:j1")
         self.assertEqual(m.redis.metrics_stream("e1"), "tidal:metrics:e1:stream")
         self.assertEqual(m.redis.status("e1"), "tidal:status:e1")
+
+    # The manifest declares names that code below the dashboard writes too: each is defined once (core.names, the
+    # plugin) and the manifest must declare exactly that, or the dashboard would read what nobody writes.
+    def test_redis_keys_are_core_names(self):
+        from MetricsLogger import RedisKeys
+
+        self.assertEqual(self.manifest.redis.model_dump(), names.REDIS_KEYS)
+        logger_keys = RedisKeys.for_experiment("e1")  # what the trainers' MetricsLogger writes
+        r = self.manifest.redis
+        self.assertEqual((logger_keys.stream, logger_keys.latest, logger_keys.status, logger_keys.rl_latest,
+                          logger_keys.experiments),
+                         (r.metrics_stream("e1"), r.metrics_latest("e1"), r.status("e1"), r.rl_latest("e1"),
+                          r.experimentsSet))
+
+    def test_artifact_files_are_core_names(self):
+        metrics = self.manifest.metrics
+        self.assertEqual(
+            (metrics.lm.directory, metrics.lm.historyFile, metrics.lm.statusFile, metrics.lm.latestFile,
+             metrics.rl.directory, metrics.rl.metricsFile, metrics.rl.historyFile, metrics.evaluationFile,
+             metrics.ablationFile),
+            (names.METRICS_DIRNAME, names.METRICS_FILE, names.STATUS_FILE, names.LATEST_FILE,
+             names.RL_METRICS_DIRNAME, names.RL_TRAINING_METRICS_FILE, names.RL_METRICS_FILE, names.EVALUATION_FILE,
+             names.ABLATION_FILE))
+
+    def test_gating_modes_and_reward_components_are_the_plugins(self):
+        from plugins.tidal.RewardComputer import COMPONENTS
+
+        self.assertEqual(tuple(m.id for m in self.manifest.generation.modes), names.GATING_MODES)
+        self.assertEqual(tuple(self.manifest.metrics.rl.rewardComponents), COMPONENTS)
 
     def test_registry_parses_once(self):
         registry = PluginRegistry.load()

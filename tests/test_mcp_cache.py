@@ -1,4 +1,4 @@
-"""The MCP server's lazy disk cache (dashboard/mcp/cache.py, SPEC §12, ADR 0013).
+"""The MCP server's lazy disk cache (dashboard/mcp/cache.py, ADR 0013).
 
 Unit tests pin the rules on a counting fetcher (what is learned from which answer shape, the key, collisions,
 corrupt files, failed writes); the rest go through MCP tool calls to a real dashboard and count the HTTP requests
@@ -14,12 +14,20 @@ from pathlib import Path
 
 import anyio
 
+from core.manifest import load_manifest
+from core.testing import slow
 from dashboard.mcp import DiskCache, TidalAPI, TidalAPIError, build_server
 from dashboard.mcp.budget import round_floats
 from dashboard.mcp.cache import cache_key
-from dashboard.server.services.plugin_registry import load_manifest
-from tests.support import (DashboardServer, EmbeddedRedis, TempDirTestCase, dashboard_settings, mcp_call, mcp_text,
-                           write_tiny_experiment)
+from tests.support import (
+    DashboardServer,
+    EmbeddedRedis,
+    TempDirTestCase,
+    dashboard_settings,
+    mcp_call,
+    mcp_text,
+    write_tiny_experiment,
+)
 
 KEYS = load_manifest().redis
 DONE = "20260101-120000-commit_nogit-config_0123456789"
@@ -225,6 +233,7 @@ class CacheThroughDashboardTest(TempDirTestCase):
         self.call("get_checkpoints", experiment_id=DONE)
         self.assertEqual(self.cache.writes, 3)
 
+    @slow
     def test_the_cached_answer_survives_the_dashboard_going_away(self):
         redis_server = EmbeddedRedis().start()
         self.addCleanup(redis_server.stop)
@@ -244,7 +253,7 @@ class CacheThroughDashboardTest(TempDirTestCase):
             self.call("get_metrics", experiment_id=RUNNING)
         self.assertEqual(self.requests.count(f"/api/experiments/{RUNNING}/metrics"), 2)
         self.assertEqual(list(self.cache.directory.rglob("*.json")), [])
-        # newer than the "training" record on disk: the newer status wins (issue 15)
+        # newer than the "training" record on disk: the newer status wins
         self.redis_client.set(KEYS.status(RUNNING), json.dumps({"status": "completed", "timestamp": time.time()}))
         self.assertEqual(self.call("get_status", experiment_id=RUNNING)["status"]["status"], "completed")
         self.call("get_metrics", experiment_id=RUNNING)

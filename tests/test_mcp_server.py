@@ -9,10 +9,21 @@ import unittest
 
 import httpx
 
+from core.testing import slow
 from dashboard.mcp import TidalAPI, build_server
 from tests.browser import study_results, write_rl_experiment
-from tests.support import (DASHBOARD_TOKEN, PROJECT_ROOT, PYTHON, LiveDashboardTestCase, auth_headers, free_port,
-                           mcp_call, mcp_text, run_mcp, write_tiny_experiment)
+from tests.support import (
+    DASHBOARD_TOKEN,
+    PROJECT_ROOT,
+    PYTHON,
+    LiveDashboardTestCase,
+    auth_headers,
+    free_port,
+    mcp_call,
+    mcp_text,
+    run_mcp,
+    write_tiny_experiment,
+)
 
 try:
     from plugins.tidal.Generator import load_generator  # noqa: F401
@@ -98,6 +109,7 @@ class ToolListTest(DashboardTestCase):
         self.assertNotIn("not reachable", message)
 
 
+@slow
 class ReadToolsTest(DashboardTestCase):
     def test_list_experiments(self):
         experiments = {e["id"]: e for e in self.call("list_experiments")["experiments"]}
@@ -187,6 +199,7 @@ OLD_STUDY = "20260105-120000-commit_nogit-config_0123456789-rl_abcdef0123"
 BUDGET = 4000
 
 
+@slow
 class SizedAnswersTest(DashboardTestCase):
     """Answers sized for an assistant: a few KB by default, with parameters to ask for more."""
 
@@ -213,7 +226,8 @@ class SizedAnswersTest(DashboardTestCase):
 
     def test_default_answers_fit_a_few_kilobytes(self):
         for tool, arguments in [("list_experiments", {}), ("get_metrics", {"experiment_id": WIDE}),
-                                ("get_rl_metrics", {"experiment_id": STUDY}), ("get_ablation", {"experiment_id": STUDY})]:
+                                ("get_rl_metrics", {"experiment_id": STUDY}),
+                                ("get_ablation", {"experiment_id": STUDY})]:
             with self.subTest(tool=tool):
                 self.assertLessEqual(self.size(self.call(tool, **arguments)), BUDGET)
 
@@ -264,13 +278,15 @@ class SizedAnswersTest(DashboardTestCase):
         self.assertIn("TIDAL_API_TOKEN", self.error("set_experiment_info", token=None, experiment_id=WIDE, name="x"))
         body = self.call("set_experiment_info", experiment_id=WIDE, name="thirty metrics", tags=["wide", "synthetic"],
                          notes="made by the test")
-        self.assertEqual((body["experiment"]["name"], body["experiment"]["tags"]), ("thirty metrics", ["wide", "synthetic"]))
+        self.assertEqual((body["experiment"]["name"], body["experiment"]["tags"]),
+                         ("thirty metrics", ["wide", "synthetic"]))
         found = self.call("list_experiments", search="synthetic")
         self.assertEqual([e["id"] for e in found["experiments"]], [WIDE])
         self.assertEqual(found["total"], 1)
         limited = self.call("list_experiments", limit=2)
         self.assertEqual((len(limited["experiments"]), limited["total"]), (2, 5))
 
+@slow
 class JobToolsTest(DashboardTestCase):
     def test_create_signal_cancel_and_logs(self):
         config = {"type": "lm-training", "config_path": "configs/base_config.yaml"}
@@ -309,7 +325,17 @@ class JobToolsTest(DashboardTestCase):
         message = self.error("create_job", type="no-such-phase", config_path="configs/base_config.yaml")
         self.assertIn("no-such-phase", message)
 
+    def test_overrides_reach_the_job_and_unknown_keys_are_named(self):
+        # the REST API's `overrides` (as the CLI's --set), through the assistant's tool
+        message = self.error("create_job", type="lm-training", config_path="configs/base_config.yaml",
+                             overrides={"BATCH_SIZ": 4})
+        self.assertIn("BATCH_SIZE", message)                                     # the closest known key
+        job = self.call("create_job", type="lm-training", config_path="configs/base_config.yaml",
+                        overrides={"BATCH_SIZE": 4})["job"]
+        self.assertEqual(job["config"]["overrides"], {"BATCH_SIZE": 4})
 
+
+@slow
 @unittest.skipUnless(HAVE_GENERATOR, "plugins.tidal.Generator.load_generator is not available")
 class GenerationToolsTest(DashboardTestCase):
     RL = "20260103-120000-commit_nogit-config_0123456789-rl_0123456789"
@@ -359,6 +385,7 @@ class GenerationToolsTest(DashboardTestCase):
         self.assertIn("trajectories", body)
 
 
+@slow
 class RateLimitTest(DashboardTestCase):
     settings_overrides = {"rate_capacity": 1}
 
@@ -369,6 +396,7 @@ class RateLimitTest(DashboardTestCase):
         self.assertRegex(message, r"rate limited by the dashboard: retry after \d+ s")
 
 
+@slow
 class TransportTest(DashboardTestCase):
     def test_python_m_dashboard_mcp_over_stdio(self):
         from mcp import StdioServerParameters

@@ -16,16 +16,28 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import (DASHBOARD_TOKEN, PROJECT_ROOT, DashboardProcess, LiveDashboardTestCase, RedisTestCase,
-                           auth_headers, fake_plugin, kill_job_processes, wait_for, write_fake_config)
+from core.testing import slow
+from tests.support import (
+    DASHBOARD_TOKEN,
+    PROJECT_ROOT,
+    DashboardProcess,
+    LiveDashboardTestCase,
+    RedisTestCase,
+    auth_headers,
+    fake_plugin,
+    kill_job_processes,
+    wait_for,
+    write_fake_config,
+)
 
-# Open by design (SPEC §10): read-only routes, and generation, which is rate limited instead.
+# Open by design (README, "Dashboard"): read-only routes, and generation, which is rate limited instead.
 OPEN_NON_GET = {("POST", "/api/generate"), ("POST", "/api/analyze-trajectories")}
 PATH_VALUES = {"job_id": "job-0123456789abcdef", "experiment_id": "20260101-120000-commit_nogit-config_0123456789",
                "name": "tidal", "file": "base_config.yaml"}
 WRONG = [None, "", "Bearer", f"Basic {DASHBOARD_TOKEN}", f"Token {DASHBOARD_TOKEN}", "Bearer wrong-token",
          f"Bearer {DASHBOARD_TOKEN.upper()}", f"Bearer {DASHBOARD_TOKEN.lower()}",
-         f"Bearer {DASHBOARD_TOKEN.swapcase()}", f"Bearer {DASHBOARD_TOKEN}x", f"Bearer {DASHBOARD_TOKEN[:-1]}", f"Bearer x{DASHBOARD_TOKEN}",
+         f"Bearer {DASHBOARD_TOKEN.swapcase()}", f"Bearer {DASHBOARD_TOKEN}x", f"Bearer {DASHBOARD_TOKEN[:-1]}",
+         f"Bearer x{DASHBOARD_TOKEN}",
          f"Bearer {DASHBOARD_TOKEN} {DASHBOARD_TOKEN}", f"Bearer{DASHBOARD_TOKEN}", "Bearer tökén".encode()]
 
 
@@ -144,6 +156,7 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
+@slow
 class ProductionServerTest(RedisTestCase):
     """`python -m dashboard` as deployed, with secrets in its environment and a job whose trainer prints its own."""
 

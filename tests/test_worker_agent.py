@@ -13,9 +13,20 @@ import unittest
 import httpx
 
 import worker_agent
-from dashboard.server.services.plugin_registry import load_manifest
-from tests.support import (PROJECT_ROOT, DashboardServer, RedisTestCase, auth_headers, dashboard_settings,
-                           fake_plugin, kill_job_processes, pid_alive, wait_for, write_fake_config)
+from core.manifest import load_manifest
+from core.testing import slow
+from tests.support import (
+    PROJECT_ROOT,
+    DashboardServer,
+    RedisTestCase,
+    auth_headers,
+    dashboard_settings,
+    fake_plugin,
+    kill_job_processes,
+    pid_alive,
+    wait_for,
+    write_fake_config,
+)
 
 KEYS = load_manifest().redis
 
@@ -72,6 +83,7 @@ class WorkerTestCase(RedisTestCase):
         wait_for(lambda: any(text in line for line in self.log_lines(job_id)), timeout, message=f"log {text!r}")
 
 
+@slow
 class LocalWorkerTest(WorkerTestCase):
     def test_a_job_runs_to_completion_with_logs_and_an_experiment_id(self):
         job_id = self.create_job(STEPS=4)
@@ -127,6 +139,7 @@ class LocalWorkerTest(WorkerTestCase):
         self.assertEqual(self.job(job_id)["status"], "cancelled")
 
 
+@slow
 class GraceTest(WorkerTestCase):
     server_overrides = {"stop_grace": 0.5}
 
@@ -139,6 +152,7 @@ class GraceTest(WorkerTestCase):
         self.assertIn("killed after the grace period", job["error"])
 
 
+@slow
 class LostWorkerTest(WorkerTestCase):
     """The health monitor fails a job whose worker died, once its last heartbeat is `heartbeat_timeout` old: between
     timeout - interval and timeout + monitor period after the kill. Production timers (10 s beats, 60 s timeout, 5 s
@@ -164,6 +178,7 @@ class LostWorkerTest(WorkerTestCase):
         wait_for(lambda: not pid_alive(job["childPid"]), 10, message="orphaned trainer gone")
 
 
+@slow
 class RejectedJobTest(WorkerTestCase):
     def test_the_worker_revalidates_paths_from_the_job_record(self):
         job_id = self.create_job(STEPS=100000, SLEEP=0.05)
@@ -184,6 +199,7 @@ class RejectedJobTest(WorkerTestCase):
         self.assertIn("configPath", job["error"])
 
 
+@slow
 class RemoteWorkerTest(WorkerTestCase):
     server_overrides = {"heartbeat_interval": 0.2}
 

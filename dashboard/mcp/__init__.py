@@ -1,4 +1,4 @@
-"""Tidal's MCP server: the dashboard API as tools for an assistant (SPEC §12).
+"""Tidal's MCP server: the dashboard API as tools for an assistant (docs/MCP.md).
 
 `python -m dashboard.mcp` serves stdio; `--http --port N` serves streamable HTTP. See docs/MCP.md.
 """

@@ -90,12 +90,12 @@ def summarise_ablation(results: Any, frontier_points: int) -> dict:
     if not isinstance(results, dict):
         return {"format": None, "verdict": None, "note": "no ablation results for this run yet"}
     if not isinstance(results.get("families"), dict) or not isinstance(results.get("verdict"), dict):
-        policies = results.get("policies") if isinstance(results.get("policies"), dict) else {}
+        policies = results["policies"] if isinstance(results.get("policies"), dict) else {}
         return {"format": "old", "verdict": None, "note": OLD_FORMAT_NOTE,
                 "policies": {name: (p.get("reward") or {}).get("mean") if isinstance(p, dict) else None
                              for name, p in policies.items()}}
-    protocol = results.get("protocol") if isinstance(results.get("protocol"), dict) else {}
-    frontier = results.get("frontier") if isinstance(results.get("frontier"), dict) else {}
+    protocol = results["protocol"] if isinstance(results.get("protocol"), dict) else {}
+    frontier = results["frontier"] if isinstance(results.get("frontier"), dict) else {}
     return {
         "format": "study",
         "verdict": results["verdict"],

@@ -1,4 +1,4 @@
-"""The lazy disk cache of SPEC §12 (decision and numbers: research/adrs/0013-mcp-lazy-disk-cache.md).
+"""The MCP server's lazy disk cache (decision and numbers: research/adrs/0013-mcp-lazy-disk-cache.md).
 
 Only GETs under `/api/experiments/{id}/…` are ever served from or written to disk, and only for an experiment
 this process KNOWS to be completed. It learns that from the answers it sees pass by: the list
@@ -21,8 +21,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import urlencode
 
 log = logging.getLogger("tidal.mcp.cache")

@@ -1,4 +1,5 @@
-"""An asynchronous client for the dashboard API (SPEC §10) that turns every failure into one readable message.
+"""An asynchronous client for the dashboard API (README, "Dashboard") that turns every failure into one readable
+message.
 
 `TidalAPI(base_url, token)` offers `get(path, params)` and `post(path, body)`; both return the decoded JSON body or
 raise `TidalAPIError` with a message written for the person (or the assistant) reading it. GETs go through the

@@ -1,4 +1,4 @@
-"""The MCP server "tidal": one tool per dashboard endpoint an assistant needs (SPEC §12).
+"""The MCP server "tidal": one tool per dashboard endpoint an assistant needs (docs/MCP.md).
 
 Every tool is a thin, typed call through `TidalAPI`; results are the dashboard's JSON (structured content), and
 every failure becomes a tool error whose text says what to do (start the dashboard, set the token, wait N s, fix a
@@ -6,8 +6,9 @@ field). Read tools are annotated read-only and idempotent; job tools destructive
 """
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, AsyncIterator, Awaitable, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from mcp.server import MCPServer
@@ -15,8 +16,9 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
-from .budget import (DEFAULT_MAX_BYTES, MAX_BYTES_LIMIT, fit_list, last_values, round_floats, size,
-                     summarise_ablation)
+from core.names import GatingMode
+
+from .budget import DEFAULT_MAX_BYTES, MAX_BYTES_LIMIT, fit_list, last_values, round_floats, size, summarise_ablation
 from .client import TidalAPI, TidalAPIError
 
 INSTRUCTIONS = (
@@ -45,7 +47,6 @@ JobId = Annotated[str, Field(min_length=1, max_length=128, description="A job id
 PluginName = Annotated[str, Field(min_length=1, max_length=64, description="Plugin name (see list_plugins)")]
 Checkpoint = Annotated[str, Field(min_length=1, max_length=1024, description="Checkpoint path as listed by "
                                   "get_checkpoints, e.g. experiments/<id>/transformer-lm_v1.0.0.pth")]
-GatingMode = Literal["none", "fixed", "random", "learned"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 MaxBytes = Annotated[int, Field(ge=500, le=MAX_BYTES_LIMIT, description="Most characters of JSON in the answer; "
                                 "past it the longest list is cut and `trimmed` says so")]
@@ -288,6 +289,10 @@ def build_server(api: TidalAPI, log_level: LogLevel = "WARNING") -> MCPServer:
         = None,
         timesteps: Annotated[int | None, Field(ge=1, le=10**9, description="RL timesteps")] = None,
         max_steps: Annotated[int | None, Field(ge=1, le=10**9, description="Stop after this many steps")] = None,
+        overrides: Annotated[dict[str, Any] | None, Field(max_length=64, description="Config values to change, "
+                                                          "KEY or SECTION.KEY -> value, e.g. {\"BATCH_SIZE\": 4}; "
+                                                          "an unknown key is refused with the closest known one")]
+        = None,
         idempotency_key: Annotated[str | None, Field(max_length=200, description="Repeat-safe key: the same "
                                                      "key returns the job already created")] = None,
     ) -> dict[str, Any]:
@@ -295,7 +300,8 @@ def build_server(api: TidalAPI, log_level: LogLevel = "WARNING") -> MCPServer:
 
         Only when the user asked to train. Needs TIDAL_API_TOKEN. Returns the job; follow it with get_jobs."""
         body = {"type": type, "configPath": config_path, "rlConfigPath": rl_config_path, "checkpoint": checkpoint,
-                "resumeExpDir": resume_exp_dir, "timesteps": timesteps, "maxSteps": max_steps}
+                "resumeExpDir": resume_exp_dir, "timesteps": timesteps, "maxSteps": max_steps,
+                "overrides": overrides}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return await _answer(api.post("/api/jobs", body, auth=True, headers=headers))
 

@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -36,6 +37,15 @@ log = logging.getLogger("tidal.dashboard")
 VERSION = "1.0.0"
 
 
+class RedisServer(Protocol):
+    """The Redis the dashboard started (redis_launcher.EmbeddedRedis) or adopted (_AdoptedRedis)."""
+
+    @property
+    def url(self) -> str: ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -51,7 +61,7 @@ class Services:
     experiments: ExperimentService
     generation: GenerationService
     redis_url: str
-    embedded_redis: object | None
+    embedded_redis: RedisServer | None
     started_at: float
     version: str = VERSION
 
@@ -60,10 +70,11 @@ class Services:
         return self.registry.default
 
 
-def _start_embedded_redis(settings: Settings):
+def _start_embedded_redis(settings: Settings) -> RedisServer:
     """A private redis-server kept under <experiments>/.redis with persistence, on the same port as last time when
     that port is free, so a dashboard restart finds its jobs and running workers reconnect."""
-    from redis_launcher import EmbeddedRedis, free_port
+    from core.net import free_port
+    from redis_launcher import EmbeddedRedis
 
     data_dir = settings.experiments_dir / ".redis"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +113,7 @@ class _AdoptedRedis:
             pass
 
 
-def _adopt_embedded_redis(port: int, data_dir: Path):
+def _adopt_embedded_redis(port: int, data_dir: Path) -> _AdoptedRedis | None:
     import redis
 
     try:
@@ -117,7 +128,7 @@ def _adopt_embedded_redis(port: int, data_dir: Path):
 
 
 async def start_services(settings: Settings, registry: PluginRegistry) -> Services:
-    embedded = None
+    embedded: RedisServer | None = None
     redis_url = settings.redis_url
     if redis_url is None:
         embedded = _start_embedded_redis(settings)
@@ -142,7 +153,7 @@ async def start_services(settings: Settings, registry: PluginRegistry) -> Servic
         redis_url=redis_url, embedded_redis=embedded, started_at=time.time())
     monitor.start()
     # runs started from the command line (REDIS_URL unset) find this Redis here and chart live with no set-up
-    from redis_launcher import announce_redis_url
+    from core.net import announce_redis_url
 
     try:
         announce_redis_url(settings.experiments_dir, redis_url)
@@ -153,7 +164,7 @@ async def start_services(settings: Settings, registry: PluginRegistry) -> Servic
 
 
 async def stop_services(services: Services) -> None:
-    from redis_launcher import withdraw_redis_url
+    from core.net import withdraw_redis_url
 
     withdraw_redis_url(services.settings.experiments_dir, services.redis_url)
     await services.monitor.stop()

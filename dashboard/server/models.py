@@ -1,4 +1,4 @@
-"""Request and response schemas of the dashboard API (camelCase JSON, SPEC §10). OpenAPI at /docs.
+"""Request and response schemas of the dashboard API (camelCase JSON, as the web client reads it). OpenAPI at /docs.
 
 Requests forbid unknown fields (a typo is a 422 naming it) and reject NaN/Infinity. Ranges that come from the
 manifest (generation parameters) are checked by the generation service and reported in the same 422 shape.
@@ -9,9 +9,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-JobStatus = Literal["pending", "provisioning", "starting", "running", "completing", "stopping",
-                    "completed", "failed", "cancelled"]
-GatingMode = Literal["none", "fixed", "random", "learned"]
+from core.jobs import JobStatus
+from core.names import GatingMode
+
 PathStr = Annotated[str, StringConstraints(max_length=1024)]
 
 
@@ -237,7 +237,7 @@ class CreateJobRequest(Request):
     overrides: dict[Annotated[str, StringConstraints(max_length=200)], Any] | None = Field(
         default=None, max_length=64, description="config values to change, `KEY` or `SECTION.KEY` -> value (as the "
                                                  "CLI's --set); a key the config does not have is a 422 naming it")
-    provider: Literal["local", "remote"] | None = None
+    provider: Literal["local", "remote", "ray"] | None = None
 
 
 class SignalRequest(Request):

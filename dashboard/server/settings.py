@@ -1,49 +1,49 @@
 """Environment → one immutable `Settings` object. Nothing else in the server reads `os.environ`.
 
-Defaults follow SPEC §9/§10 (port 4400, loopback host, 10 s heartbeats, 60 s heartbeat timeout); tests shrink the
-timers through the same fields.
+Defaults are those documented in the README ("Dashboard") and ADR 0007 (port 4400, loopback host, 10 s heartbeats,
+60 s heartbeat timeout); tests shrink the timers through the same fields.
 """
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from plugins.tidal.Utils import PROJECT_ROOT, TidalError
-
-from .services.plugin_registry import DEFAULT_MANIFEST_PATH
+from core.env import env_number
+from core.errors import TidalError
+from core.manifest import DEFAULT_MANIFEST_PATH
+from core.paths import PROJECT_ROOT
 
 
 class SettingsError(TidalError):
     pass
 
 
-def _env_float(env: dict, name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
+PROVIDERS = ("local", "remote", "ray")
+RAY_MISSING = "DEFAULT_COMPUTE_PROVIDER=ray needs the ray package: pip install 'ray[default]'"
+
+
+def ray_installed() -> bool:
+    """Whether `ray` can be imported, without importing it (that takes seconds; only the ray provider pays it)."""
     try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if not value >= minimum:
-        raise SettingsError(f"{name}={raw!r} must be >= {minimum}")
-    return value
+        return importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _env_float(env: dict, name: str, default: float, minimum: float = 0.0) -> float:
+    return env_number(env, name, default, minimum, error=SettingsError)
+
+
+def _env_optional_float(env: dict, name: str) -> float | None:
+    return None if env.get(name) in (None, "") else _env_float(env, name, 0.0)
 
 
 def _env_int(env: dict, name: str, default: int, minimum: int = 0, maximum: int = 2**31) -> int:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
-    if not minimum <= value <= maximum:
-        raise SettingsError(f"{name}={raw!r} must be between {minimum} and {maximum}")
-    return value
+    return int(env_number(env, name, default, minimum, maximum, integer=True, error=SettingsError))
 
 
 def _trusted_proxies(raw: str) -> tuple:
@@ -65,7 +65,10 @@ class Settings:
     experiments_dir: Path = PROJECT_ROOT / "experiments"
     python_bin: str = sys.executable
     auth_token: str | None = None
-    default_provider: str = "local"
+    default_provider: str = "local"              # local | remote | ray
+    ray_address: str | None = None               # Ray's job submission (dashboard) URL; None: http://127.0.0.1:8265
+    ray_num_cpus: float | None = None            # CPUs/GPUs a Ray job reserves; None: from the phase's gpuTier
+    ray_num_gpus: float | None = None
     inference_url: str | None = None
     trusted_proxies: tuple = ()
     manifest_path: Path = DEFAULT_MANIFEST_PATH
@@ -85,10 +88,11 @@ class Settings:
     sse_ping: float = 15.0                       # heartbeat event period on SSE streams
     sse_queue_size: int = 2048                   # per-client buffered events before a slow client is dropped
     sse_send_timeout: float = 10.0
-    # rate limit (SPEC §10): 5 tokens, one back every 6 s
+    # rate limit (ADR 0009): 5 tokens, one back every 6 s
     rate_capacity: int = 5
     rate_refill_seconds: float = 6.0
-    rate_timeout: float = 0.25                   # bound on one limiter call to a *hung* Redis (a stopped one refuses at once)
+    # bound on one limiter call to a *hung* Redis (a stopped one refuses at once)
+    rate_timeout: float = 0.25
     rate_breaker_seconds: float = 5.0            # skip Redis this long after a limiter failure
     # generation
     model_cache_size: int = 3
@@ -97,7 +101,7 @@ class Settings:
     worker_env: dict = field(default_factory=dict)   # extra environment for local workers (tests: PYTHONPATH)
 
     @classmethod
-    def from_env(cls, env: dict | None = None, **overrides) -> "Settings":
+    def from_env(cls, env: dict | None = None, **overrides) -> Settings:
         env = dict(os.environ if env is None else env)
         experiments = env.get("EXPERIMENTS_DIR") or str(PROJECT_ROOT / "experiments")
         extra_dirs = tuple(Path(p).resolve() for p in env.get("EXTRA_CONFIG_DIRS", "").split(os.pathsep) if p)
@@ -109,6 +113,9 @@ class Settings:
             python_bin=env.get("PYTHON_BIN") or sys.executable,
             auth_token=env.get("TIDAL_AUTH_TOKEN") or None,
             default_provider=env.get("DEFAULT_COMPUTE_PROVIDER") or "local",
+            ray_address=(env.get("RAY_ADDRESS") or "").rstrip("/") or None,
+            ray_num_cpus=_env_optional_float(env, "RAY_NUM_CPUS"),
+            ray_num_gpus=_env_optional_float(env, "RAY_NUM_GPUS"),
             inference_url=(env.get("INFERENCE_URL") or "").rstrip("/") or None,
             trusted_proxies=_trusted_proxies(env.get("TRUSTED_PROXIES", "")),
             manifest_path=Path(env.get("TIDAL_MANIFEST") or DEFAULT_MANIFEST_PATH),
@@ -123,11 +130,14 @@ class Settings:
             body_limit=_env_int(env, "TIDAL_BODY_LIMIT", 64 * 1024, 1024),
             model_cache_size=_env_int(env, "TIDAL_MODEL_CACHE_SIZE", 3, 1, 64),
         )
-        if settings.default_provider not in ("local", "remote"):
-            raise SettingsError(f"DEFAULT_COMPUTE_PROVIDER={settings.default_provider!r}: expected local or remote")
+        if settings.default_provider not in PROVIDERS:
+            raise SettingsError(f"DEFAULT_COMPUTE_PROVIDER={settings.default_provider!r}: "
+                                f"expected local, remote or ray")
+        if settings.default_provider == "ray" and not ray_installed():
+            raise SettingsError(RAY_MISSING)
         return replace(settings, **overrides) if overrides else settings
 
-    def with_(self, **changes) -> "Settings":
+    def with_(self, **changes) -> Settings:
         return replace(self, **changes)
 
     @property

@@ -22,23 +22,25 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from core.io import atomic_write_json
+from core.names import ABLATION_FILE
+from plugins.tidal.Config import RLConfig
 from plugins.tidal.Decoding import ControlledDecoder, EDTDecoder, MirostatDecoder, PlainDecoder
 from plugins.tidal.GatingEnvironment import GatingEnvironment, OraclePolicy
-from plugins.tidal.GatingModulator import FixedGatingPolicy
+from plugins.tidal.GatingModulator import FixedGatingPolicy, GatingModulator, ResidualActionSpace
 from plugins.tidal.StudyData import PromptSet
 from plugins.tidal.StudyMetrics import bootstrap_mean_ci, corpus_measures, frontier_gap, measure, pareto_frontier
 from plugins.tidal.Tokenizer import EOT_TOKEN_ID
-from plugins.tidal.Utils import atomic_write_json
 
-RESULTS_FILE = "ablation_results.json"
 CI_LEVEL = 0.95
 BOOTSTRAP_SEED = 0
 PRIMARY_QUALITY = "judge_nll"        # lower is better; the frontier's quality axis is its negative
@@ -51,11 +53,12 @@ FAMILY_LABELS = {
 
 
 # ------------------------------------------------------------------------------------------- the grids
-def family_grids(rl_config: dict, model_ce_bits: float, action_space=None) -> dict[str, list[tuple[dict, Callable]]]:
+def family_grids(rl_config: RLConfig | Mapping, model_ce_bits: float, action_space=None
+                 ) -> dict[str, list[tuple[dict, Callable]]]:
     """{family: [(params, decoder factory), ...]}; the factories make fresh (stateful) decoders per wave. The
     constants of the controller's action space are a family only when an action space is given."""
-    temps = [float(t) for t in rl_config["RL_STUDY_TEMPERATURES"]]
-    grid_temps = [float(t) for t in rl_config["RL_STUDY_GRID_TEMPERATURES"]]
+    rl_config = RLConfig.of(rl_config)
+    temps, grid_temps = rl_config.RL_STUDY_TEMPERATURES, rl_config.RL_STUDY_GRID_TEMPERATURES
 
     def plain(**p):
         return p, lambda: PlainDecoder(**p)
@@ -63,24 +66,24 @@ def family_grids(rl_config: dict, model_ce_bits: float, action_space=None) -> di
     grids = {
         "temperature": [plain(temperature=t) for t in temps],
         "top_p": [plain(temperature=t, top_p=float(p)) for t, p in
-                  itertools.product(grid_temps, rl_config["RL_STUDY_TOP_PS"])],
+                  itertools.product(grid_temps, rl_config.RL_STUDY_TOP_PS)],
         "top_k": [plain(temperature=t, top_k=int(k)) for t, k in
-                  itertools.product(grid_temps, rl_config["RL_STUDY_TOP_KS"])],
+                  itertools.product(grid_temps, rl_config.RL_STUDY_TOP_KS)],
         "min_p": [plain(temperature=t, min_p=float(p)) for t, p in
-                  itertools.product(grid_temps, rl_config["RL_STUDY_MIN_PS"])],
+                  itertools.product(grid_temps, rl_config.RL_STUDY_MIN_PS)],
         "mirostat": [({"tau": round(model_ce_bits * f, 3), "eta": 0.1},
                       lambda f=f: MirostatDecoder(tau=model_ce_bits * f, eta=0.1))
-                     for f in rl_config["RL_STUDY_MIROSTAT_TAU_FACTORS"]],
+                     for f in rl_config.RL_STUDY_MIROSTAT_TAU_FACTORS],
         "edt": [({"t0": float(t0), "theta": float(th), "n": 0.8},
                  lambda t0=t0, th=th: EDTDecoder(t0=float(t0), theta=float(th), n=0.8))
-                for t0, th in itertools.product(rl_config["RL_STUDY_EDT_T0S"], rl_config["RL_STUDY_EDT_THETAS"])],
+                for t0, th in itertools.product(rl_config.RL_STUDY_EDT_T0S, rl_config.RL_STUDY_EDT_THETAS)],
         "greedy": [plain(temperature=0.0)],
     }
     if action_space is None:
         return grids
     grids["constant_action"] = [({"action": a, **action_space(torch.tensor([a])).row(0)},
                                  lambda: ControlledDecoder(action_space))
-                                for a in action_space.constant_actions(int(rl_config["RL_STUDY_CONSTANT_POINTS"]))]
+                                for a in action_space.constant_actions(rl_config.RL_STUDY_CONSTANT_POINTS)]
     return grids
 
 
@@ -89,11 +92,11 @@ def model_cross_entropy_bits(model, prompts: PromptSet, device) -> float:
     target surprise τ belongs (above it the text gets confused, below it bored)."""
     total, count = 0.0, 0
     with torch.inference_mode():
-        for prompt, continuation in zip(prompts.prompts, prompts.continuations):
+        for prompt, continuation in zip(prompts.prompts, prompts.continuations, strict=True):
             if not continuation:
                 continue
             ids = torch.tensor([prompt + continuation], device=device)[:, -model.max_context_length:]
-            logits = model(ids[:, :-1]).float()
+            logits = model(ids[:, :-1]).logits.float()
             targets = ids[:, 1:]
             nll = torch.nn.functional.cross_entropy(logits[0], targets[0], reduction="none")[-len(continuation):]
             total, count = total + float(nll.sum()), count + nll.numel()
@@ -107,31 +110,32 @@ class Samples:
     tokens: list[list[list[int]]]
     train_reward: np.ndarray
     actions: np.ndarray | None
-    wall_seconds: float
 
 
 @dataclass
 class Player:
     """What stays the same across the decoders of one study."""
     model: torch.nn.Module
-    action_space: object
+    action_space: GatingModulator | ResidualActionSpace | None  # None: a study of the fixed decoders only
     reward_computer: object
-    rl_config: dict
+    rl_config: RLConfig
     device: torch.device
     use_gates: bool = False
 
+    def __post_init__(self):
+        self.rl_config = RLConfig.of(self.rl_config)
+
     @property
     def group_size(self) -> int:
-        return int(self.rl_config["RL_SAMPLES_PER_PROMPT"])
+        return self.rl_config.RL_SAMPLES_PER_PROMPT
 
     def play(self, prompts: list[list[int]], seed: int = 0, decoder_factory: Callable | None = None,
              policy=None, oracle_actions: list[float] | None = None, oracle_lambda: float = 0.0,
              deterministic: bool = True) -> Samples:
         """Every prompt once as K samples, in waves of RL_STUDY_BATCH rows. Prompt p's sample k always draws from the
         stream (seed, p·K + k), whatever the decoder: the comparison is paired."""
-        start = time.perf_counter()
         K = self.group_size
-        wave_prompts = max(1, int(self.rl_config["RL_STUDY_BATCH"]) // K)
+        wave_prompts = max(1, self.rl_config.RL_STUDY_BATCH // K)
         tokens, rewards, actions = [], [], []
         with torch.random.fork_rng(devices=[]):  # a stochastic policy draws from a seeded, private stream
             torch.manual_seed(seed)
@@ -143,7 +147,7 @@ class Player:
                 tokens += t
                 rewards.append(r)
                 actions.append(a)
-        return Samples(tokens, np.concatenate(rewards), np.concatenate(actions), time.perf_counter() - start)
+        return Samples(tokens, np.concatenate(rewards), np.concatenate(actions))
 
     @torch.no_grad()
     def _play_wave(self, prompts, seed, offset, decoder, policy, oracle_actions, oracle_lambda, deterministic):
@@ -183,14 +187,19 @@ class Player:
 def make_point(name: str, family: str, params: dict, prompts: list[list[int]], samples: Samples | None,
                judge, bootstrap: int, texts: list[list[list[int]]] | None = None) -> tuple[dict, dict]:
     """(the JSON point, its per-prompt arrays {quality, diversity}) for one decoder's samples on a prompt set."""
-    tokens = samples.tokens if samples is not None else texts
+    if samples is not None:
+        tokens = samples.tokens
+    elif texts is not None:
+        tokens = texts
+    else:
+        raise ValueError("make_point needs the samples or the texts")
     per_prompt = measure(prompts, tokens, judge, EOT_TOKEN_ID)
     corpus = corpus_measures([s[0] for s in tokens], len(tokens))
     nll = per_prompt[PRIMARY_QUALITY]
     has_set = len(tokens[0]) > 1
     # a prompt whose samples hold no bigram (all ended at once) has no diversity to speak of: 0, for every decoder
     div = np.nan_to_num(per_prompt[PRIMARY_DIVERSITY], nan=0.0) if has_set else None
-    point = {
+    point: dict[str, Any] = {
         "name": name, "family": family, "params": params,
         "judge_nll": float(nll.mean()), "judge_nll_ci": list(bootstrap_mean_ci(nll, bootstrap, BOOTSTRAP_SEED)),
         "diversity": None if div is None else float(div.mean()),
@@ -230,15 +239,17 @@ def _frontier_names(points: list[dict]) -> set[str]:
 
 
 # ------------------------------------------------------------------------------------------- the study
-def tune_on_dev(player: Player, dev: PromptSet, eval_judge, rl_config: dict, families: tuple[str, ...] | None = None,
-                ce_bits: float | None = None, progress: bool = True) -> dict:
+def tune_on_dev(player: Player, dev: PromptSet, eval_judge, rl_config: RLConfig | Mapping,
+                families: tuple[str, ...] | None = None, ce_bits: float | None = None, progress: bool = True) -> dict:
     """Sweep the families (all by default; the action space's constants only when the player has one) on the dev
     prompts: {"ce_bits", "families": {family: [point...]}, "factories": {point name: (factory, policy)}}."""
+    rl_config = RLConfig.of(rl_config)
     ce_bits = model_cross_entropy_bits(player.model, dev, player.device) if ce_bits is None else ce_bits
     grids = family_grids(rl_config, ce_bits, player.action_space)
     grids = {f: g for f, g in grids.items() if families is None or f in families}
-    bootstrap = int(rl_config["RL_ABLATION_BOOTSTRAP_SAMPLES"])
-    swept, factories, arrays = {}, {}, {}
+    bootstrap = rl_config.RL_ABLATION_BOOTSTRAP_SAMPLES
+    swept: dict[str, list[dict]] = {}
+    factories, arrays = {}, {}
     total = sum(len(g) for g in grids.values())
     bar = tqdm(total=total, desc="study: dev sweep", unit="decoder", disable=not progress, dynamic_ncols=True)
     for family, grid in grids.items():
@@ -262,14 +273,17 @@ def merge_tuning(dev: dict, more: dict) -> dict:
     return dev
 
 
-def oracle_check(player: Player, dev: PromptSet, eval_judge, rl_config: dict, dev_tuning: dict,
+def oracle_check(player: Player, dev: PromptSet, eval_judge, rl_config: RLConfig | Mapping, dev_tuning: dict,
                  lagrange_multiplier: float = 0.0) -> dict:
     """Before any PPO: the per-token oracle over the action space on the dev prompts, against every fixed family's
     dev frontier on the held-out measures. If even the oracle cannot clear the frontier, the training reward (not
     the optimiser) is what needs changing — the caller says so."""
-    actions = player.action_space.constant_actions(int(rl_config["RL_STUDY_CONSTANT_POINTS"]))
+    rl_config = RLConfig.of(rl_config)
+    if player.action_space is None:
+        raise ValueError("the oracle plays the constants of the player's action space, and it has none")
+    actions = player.action_space.constant_actions(rl_config.RL_STUDY_CONSTANT_POINTS)
     samples = player.play(dev.prompts, 0, oracle_actions=actions, oracle_lambda=lagrange_multiplier)
-    bootstrap = int(rl_config["RL_ABLATION_BOOTSTRAP_SAMPLES"])
+    bootstrap = rl_config.RL_ABLATION_BOOTSTRAP_SAMPLES
     point, arrays = make_point("per-token oracle (dev)", "oracle", {"actions": len(actions)}, dev.prompts, samples,
                                eval_judge, bootstrap)
     families = {f: [dev_tuning["arrays"][p["name"]] for p in points] for f, points in dev_tuning["families"].items()}
@@ -288,15 +302,20 @@ def _label(params: dict) -> str:
                      if k in ("temperature", "top_p", "top_k", "min_p", "tau", "t0", "theta", "action"))
 
 
-def run_study(player: Player, sets: dict[str, PromptSet], eval_judge, rl_config: dict, dev_tuning: dict,
-              agents: list[tuple[str, object]] = (), oracle_lambda: float = 0.0, protocol: str = "demo",
+def run_study(player: Player, sets: dict[str, PromptSet], eval_judge, rl_config: RLConfig | Mapping, dev_tuning: dict,
+              agents: Sequence[tuple[str, object]] = (), oracle_lambda: float = 0.0, protocol: str = "demo",
               experiment_dir: str | Path | None = None, judge_provenance: dict | None = None,
               oracle_dev: dict | None = None, progress: bool = True) -> dict:
     """Replay each family's dev frontier on test, measure the learned agents, the oracle and the human
     continuations, and give the verdict. Writes `experiment_dir/ablation_results.json` when a directory is given."""
+    rl_config = RLConfig.of(rl_config)
+    action_space = player.action_space
+    if action_space is None:
+        raise ValueError("the study's oracle plays the constants of the player's action space, and it has none")
     test = sets["test"]
-    bootstrap = int(rl_config["RL_ABLATION_BOOTSTRAP_SAMPLES"])
-    families, arrays = {}, {}
+    bootstrap = rl_config.RL_ABLATION_BOOTSTRAP_SAMPLES
+    families: dict[str, dict] = {}
+    arrays: dict[str, list[dict]] = {}
     learned, learned_arrays = [], []
     bar = tqdm(total=len(agents) + 1, desc="study: test (learned, oracle)", unit="decoder", disable=not progress,
                dynamic_ncols=True)
@@ -306,7 +325,7 @@ def run_study(player: Player, sets: dict[str, PromptSet], eval_judge, rl_config:
         learned.append(point)
         learned_arrays.append(per_prompt)
         bar.update(1)
-    oracle_actions = player.action_space.constant_actions(int(rl_config["RL_STUDY_CONSTANT_POINTS"]))
+    oracle_actions = action_space.constant_actions(rl_config.RL_STUDY_CONSTANT_POINTS)
     samples = player.play(test.prompts, 0, oracle_actions=oracle_actions, oracle_lambda=oracle_lambda)
     oracle, oracle_arrays = make_point("per-token oracle", "oracle", {"actions": len(oracle_actions)}, test.prompts,
                                        samples, eval_judge, bootstrap)
@@ -314,7 +333,7 @@ def run_study(player: Player, sets: dict[str, PromptSet], eval_judge, rl_config:
     bar.close()
     # the diversity where the verdict is read: the learned points' (else the oracle's)
     target = float(np.mean([p["diversity"] for p in learned])) if learned else oracle["diversity"]
-    per_family = int(rl_config["RL_STUDY_TEST_POINTS_PER_FAMILY"])
+    per_family = rl_config.RL_STUDY_TEST_POINTS_PER_FAMILY
     chosen = {family: nearest_on_frontier(points, target, per_family)
               for family, points in dev_tuning["families"].items()}
     bar = tqdm(total=sum(len(v) for v in chosen.values()), desc="study: test (fixed decoders)", unit="decoder",
@@ -361,9 +380,9 @@ def run_study(player: Player, sets: dict[str, PromptSet], eval_judge, rl_config:
             "test_prompts": len(test.prompts), "dev_prompts": len(sets["dev"].prompts),
             "train_prompts": len(sets["train"].prompts), "samples_per_prompt": player.group_size,
             "sampling_seeds": list(range(player.group_size)), "rl_seeds": [name for name, _ in agents],
-            "episode_length": int(rl_config["RL_MAX_EPISODE_LENGTH"]), "bootstrap_samples": bootstrap,
+            "episode_length": rl_config.RL_MAX_EPISODE_LENGTH, "bootstrap_samples": bootstrap,
             "ci_level": CI_LEVEL, "model_cross_entropy_bits": dev_tuning["ce_bits"], "judge": judge_provenance,
-            "action_space": player.action_space.describe(),
+            "action_space": action_space.describe(),
             "selection": "each family's dev Pareto frontier replayed on test" + (
                 "" if not per_family else f" (the {per_family} points around the learned diversity)")
             + ", with the family's least diverse dev point",
@@ -377,7 +396,7 @@ def run_study(player: Player, sets: dict[str, PromptSet], eval_judge, rl_config:
         "timestamp": time.time(),
     }
     if experiment_dir is not None:
-        atomic_write_json(Path(experiment_dir) / RESULTS_FILE, results)
+        atomic_write_json(Path(experiment_dir) / ABLATION_FILE, results)
     return results
 
 

@@ -10,19 +10,30 @@ The decoding study's prompt sets live in StudyData.py.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from core.errors import TidalError
+from plugins.tidal.Config import LMConfig
 from plugins.tidal.DataSources import BUILTIN_DATASET, HUB_PROBE_TIMEOUT_S, SPLITS, _check_split, load_stories
 from plugins.tidal.TinyTales import TinyTales
 from plugins.tidal.TokenCache import CACHE_FORMAT_VERSION, _cache_file_name, _cache_key, _ensure_token_cache, log
-from plugins.tidal.Tokenizer import EOT_TEXT, EOT_TOKEN_ID, GPT2_SPLIT_PATTERN, TOKENIZER_PATH, TOKENIZER_SHA256, \
-    VOCAB_SIZE, decode, encode_prompt, get_tokenizer
-from plugins.tidal.Utils import TidalError, resolve_project_path
+from plugins.tidal.Tokenizer import (
+    EOT_TEXT,
+    EOT_TOKEN_ID,
+    GPT2_SPLIT_PATTERN,
+    TOKENIZER_PATH,
+    TOKENIZER_SHA256,
+    VOCAB_SIZE,
+    decode,
+    encode_prompt,
+    get_tokenizer,
+)
+from plugins.tidal.Utils import resolve_project_path
 
 __all__ = ["BUILTIN_DATASET", "CACHE_FORMAT_VERSION", "EOT_TEXT", "EOT_TOKEN_ID", "GPT2_SPLIT_PATTERN",
            "HUB_PROBE_TIMEOUT_S", "SPLITS", "TOKENIZER_PATH", "TOKENIZER_SHA256", "TinyTales", "TokenDataset",
@@ -35,15 +46,17 @@ class TokenDataset(Dataset):
     The flat token stream (`story EOT story EOT ...`) lives in a memory-mapped uint16 cache built on first use.
     """
 
-    def __init__(self, config: dict, split: str, cache_dir: str | os.PathLike | None = None, progress: bool = True):
+    def __init__(self, config: LMConfig | Mapping, split: str, cache_dir: str | os.PathLike | None = None,
+                 progress: bool = True):
         _check_split(split)
+        config = LMConfig.of(config)
         self.split = split
-        self.context_length = int(config["MAX_CONTEXT_LENGTH"])
+        self.context_length = config.MAX_CONTEXT_LENGTH
         key = _cache_key(config, split)
-        directory = Path(cache_dir) if cache_dir is not None else resolve_project_path(config["DATA_CACHE_DIR"])
+        directory = Path(cache_dir) if cache_dir is not None else resolve_project_path(config.DATA_CACHE_DIR)
         self.cache_path = directory / _cache_file_name(config, split, key)
         _ensure_token_cache(self.cache_path, key, lambda: load_stories(config, split),
-                           num_threads=int(config["NUM_CPU_CORE_WORKERS"]), progress=progress)
+                           num_threads=config.NUM_CPU_CORE_WORKERS, progress=progress)
         self._map()
         if self.num_tokens < self.context_length + 1:
             raise TidalError(f"the {split} split has {self.num_tokens} tokens, fewer than one chunk of "

@@ -10,15 +10,17 @@ import contextlib
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from core.errors import ConfigError, TidalError
+from plugins.tidal.Config import LMConfig
 from plugins.tidal.TinyTales import TinyTales
 from plugins.tidal.Tokenizer import EOT_TEXT
-from plugins.tidal.Utils import ConfigError, TidalError, resolve_project_path
+from plugins.tidal.Utils import resolve_project_path
 
 SPLITS = ("train", "validation")
 BUILTIN_DATASET = "builtin:tinytales"
@@ -31,23 +33,24 @@ class _Stories:
     fetch: Callable[[list[int]], list[str]]
 
     @classmethod
-    def of_list(cls, texts: list[str]) -> "_Stories":
+    def of_list(cls, texts: list[str]) -> _Stories:
         return cls(len(texts), lambda indices: [texts[i] for i in indices])
 
 
-def load_stories(config: dict, split: str) -> list[str]:
+def load_stories(config: LMConfig | Mapping, split: str) -> list[str]:
     """The stories of one split: the source's own split when it has train and validation, else a deterministic
     VALIDATION_SPLIT_RATIO share chosen with SEED; at most MAX_STORIES when that is set."""
     _check_split(split)
+    config = LMConfig.of(config)
     tables = _open_source(config)
     if "validation" in tables:
         rows = tables[split]
         indices = list(range(rows.count))
     else:
         rows = tables["train"]
-        indices = _ratio_split(rows.count, split, float(config["VALIDATION_SPLIT_RATIO"]), int(config["SEED"]))
-    if config.get("MAX_STORIES") is not None:
-        indices = indices[:int(config["MAX_STORIES"])]
+        indices = _ratio_split(rows.count, split, config.VALIDATION_SPLIT_RATIO, config.SEED)
+    if config.MAX_STORIES is not None:
+        indices = indices[:config.MAX_STORIES]
     return rows.fetch(indices)
 
 
@@ -67,12 +70,12 @@ def _ratio_split(n: int, split: str, ratio: float, seed: int) -> list[int]:
     return sorted(chosen.tolist())
 
 
-def _open_source(config: dict) -> dict[str, _Stories]:
+def _open_source(config: LMConfig) -> dict[str, _Stories]:
     """{"train": ...} for a source without splits, {"train": ..., "validation": ...} for one with both."""
-    name = str(config["DATASET"])
+    name = config.DATASET
     if name == BUILTIN_DATASET:
-        tales = TinyTales(int(config["SEED"]))
-        return {"train": _Stories(int(config["BUILTIN_NUM_STORIES"]), lambda ids: [tales.story(i) for i in ids])}
+        tales = TinyTales(config.SEED)
+        return {"train": _Stories(config.BUILTIN_NUM_STORIES, lambda ids: [tales.story(i) for i in ids])}
     path = resolve_project_path(name)
     if path.is_file():
         reader = _FILE_READERS.get(path.suffix.lower())

@@ -16,7 +16,9 @@ parameters come from an action space (`GatingModulator`'s m or a residual grid) 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import torch
 
@@ -39,7 +41,7 @@ class SamplingParams:
 
     @classmethod
     def constant(cls, batch: int, device, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
-                 penalty_window: int = 0) -> "SamplingParams":
+                 penalty_window: int = 0) -> SamplingParams:
         def col(value, dtype=torch.float32):
             return torch.full((batch,), value, dtype=dtype, device=device)
         return cls(col(float(temperature)), col(int(top_k), torch.long), col(float(top_p)), col(float(min_p)),
@@ -269,6 +271,16 @@ class Decoder:
         return {"decoder": self.name}
 
 
+class _PlainSettings(TypedDict):
+    """A PlainDecoder's parameters, as `SamplingParams.constant` takes them."""
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repetition_penalty: float
+    penalty_window: int
+
+
 class PlainDecoder(Decoder):
     """Fixed temperature / top-k / top-p / min-p and an optional repetition penalty over the last `penalty_window`
     tokens (0 = the whole sequence). Temperature 0 is greedy."""
@@ -277,9 +289,9 @@ class PlainDecoder(Decoder):
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
                  repetition_penalty: float = 1.0, penalty_window: int = 0):
         validate_sampling(temperature, top_k, top_p, repetition_penalty, min_p)
-        self.settings = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                             min_p=float(min_p), repetition_penalty=float(repetition_penalty),
-                             penalty_window=int(penalty_window))
+        self.settings = _PlainSettings(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                                       min_p=float(min_p), repetition_penalty=float(repetition_penalty),
+                                       penalty_window=int(penalty_window))
 
     def decode(self, logits, history, lengths, action=None) -> DecodeStep:
         params = SamplingParams.constant(logits.shape[0], logits.device, **self.settings)
@@ -376,9 +388,10 @@ def make_decoder(name: str, **params) -> Decoder:
     """A fixed decoder by name (the CLI's --decoder, the API's and MCP's `decoder`) with its own parameters; None
     values are dropped so callers can pass every field. Unknown names or parameters raise ValueError."""
     params = {k: v for k, v in params.items() if v is not None}
-    builders = {"plain": PlainDecoder, "greedy": lambda **p: PlainDecoder(**{**p, "temperature": 0.0}),
-                "min_p": lambda min_p=0.1, **p: PlainDecoder(min_p=min_p, **p), "mirostat": MirostatDecoder,
-                "edt": EDTDecoder}
+    builders: dict[str, Callable[..., Decoder]] = {
+        "plain": PlainDecoder, "greedy": lambda **p: PlainDecoder(**{**p, "temperature": 0.0}),
+        "min_p": lambda min_p=0.1, **p: PlainDecoder(min_p=min_p, **p), "mirostat": MirostatDecoder,
+        "edt": EDTDecoder}
     if name not in builders:
         raise ValueError(f"unknown decoder {name!r}; valid: {', '.join(DECODERS)}")
     try:

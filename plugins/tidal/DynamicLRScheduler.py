@@ -6,20 +6,19 @@ first update already uses the warmup rate rather than the optimizer's constructo
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 
+from plugins.tidal.Config import LMConfig
+
 
 class DynamicLRScheduler:
-    def __init__(self, optimizer: torch.optim.Optimizer, config: dict, total_steps: int):
-        settings = config["LEARNING_RATE_SCHEDULER"]
-        self.base_lr = float(settings["BASE_LR"])
-        self.min_lr = float(settings["MIN_LR"])
-        ratio = float(settings["WARMUP_RATIO"])
-        if not 0.0 <= ratio < 1.0:
-            raise ValueError(f"LEARNING_RATE_SCHEDULER.WARMUP_RATIO must be in [0, 1), got {ratio}")
-        if not 0.0 <= self.min_lr <= self.base_lr:
-            raise ValueError(f"need 0 <= MIN_LR <= BASE_LR, got MIN_LR={self.min_lr}, BASE_LR={self.base_lr}")
+    def __init__(self, optimizer: torch.optim.Optimizer, config: LMConfig | Mapping, total_steps: int):
+        settings = LMConfig.of(config).LEARNING_RATE_SCHEDULER  # validated: 0 <= WARMUP_RATIO < 1, MIN_LR <= BASE_LR
+        self.base_lr = settings.BASE_LR
+        self.min_lr = settings.MIN_LR
+        ratio = settings.WARMUP_RATIO
         self.optimizer = optimizer
         self.total_steps = max(1, int(total_steps))
         self.warmup_ratio = ratio

@@ -20,13 +20,19 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
+from plugins.tidal.Config import LMConfig, RLConfig
 from plugins.tidal.Decoding import ControlledDecoder, invert_cdf, k_largest
 from plugins.tidal.Tokenizer import EOT_TOKEN_ID, get_tokenizer
 
-OBSERVATION_DIM = 64
+if TYPE_CHECKING:
+    from plugins.tidal.TransformerLM import KVCache
+
+OBSERVATION_DIM = 64  # the one definition of the observation size (RLConfig checks RL_OBSERVATION_DIM against it)
 SCALAR_FEATURES = 15                               # slots 0..14, listed in ObservationBuilder
 HIDDEN_FEATURES = OBSERVATION_DIM - SCALAR_FEATURES  # a fixed random projection of the final hidden state
 TREND_DECAY = 0.8                                  # EMA of entropy and surprise: a few tokens of memory
@@ -47,22 +53,24 @@ def boundary_token_mask(vocab_size: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------- observation
 class ObservationBuilder:
-    """The 64-D observation, batched, with no constant slots (the agent normalises it with running statistics):
+    """The observation (OBSERVATION_DIM wide), batched, with no constant slots (the agent normalises it with running
+    statistics):
      0 entropy H of the LM's next-token distribution (nats)   1 varentropy     2 top-1 probability
      3 top-1 − top-2 probability margin                      4 top-5 mass      5 H − EMA(H) (entropy trend)
      6 surprise error: last token's surprise − its EMA        7 last token's surprise (nats)
      8 the LM's probability mass on tokens already in the sequence   9 whether the argmax token is already there
     10 tokens since the last sentence boundary / 16         11 remaining budget (1 − step / max steps)
     12 repeated-token share of the last 16 tokens          13 previous action (scaled to [0, 1])   14 log top-1 prob
-    15..63 a fixed random projection of the final-LayerNorm hidden state.
+    15..OBSERVATION_DIM−1 a fixed random projection of the final-LayerNorm hidden state (HIDDEN_FEATURES wide).
     Per-row state (the EMAs and the last surprise) is kept here: `reset(batch)`, `reset_rows(rows)`, and
     `observe(token, logits)` after every sampled token."""
 
-    def __init__(self, rl_config: dict, lm_config: dict, action_scale: float = 1.0):
-        self.max_steps = max(1, rl_config["RL_MAX_EPISODE_LENGTH"])
-        self.vocab = lm_config["VOCAB_SIZE"]
+    def __init__(self, rl_config: RLConfig | Mapping, lm_config: LMConfig | Mapping, action_scale: float = 1.0):
+        rl_config, lm_config = RLConfig.of(rl_config), LMConfig.of(lm_config)
+        self.max_steps = rl_config.RL_MAX_EPISODE_LENGTH
+        self.vocab = lm_config.VOCAB_SIZE
         self.action_scale = max(action_scale, 1e-9)
-        E = lm_config["EMBED_DIM"]
+        E = lm_config.EMBED_DIM
         generator = torch.Generator().manual_seed(0)  # fixed: the projection is part of the observation's definition
         self.projection = torch.randn(E, HIDDEN_FEATURES, generator=generator) / math.sqrt(E)
         self.boundary = boundary_token_mask(self.vocab)
@@ -75,25 +83,35 @@ class ObservationBuilder:
         self.projection = self.projection.to(device)
         self.boundary = self.boundary.to(device)
 
+    def _rows_state(self) -> torch.Tensor:
+        """The per-row state, which `reset` (or the first call) creates."""
+        if self.state is None:
+            raise RuntimeError("reset(batch) the observation builder first")
+        return self.state
+
     def reset_rows(self, rows: torch.Tensor) -> None:
-        self.state[rows] = 0.0
+        self._rows_state()[rows] = 0.0
 
     def observe(self, token: torch.Tensor, logits: torch.Tensor) -> None:
         """After a token is sampled from the step whose raw logits were `logits` (the last observation's, whose
         normaliser is reused when they are the same tensor)."""
-        log_norm = self._log_norm if self._logits is logits else logits.float().logsumexp(dim=-1, keepdim=True)
+        log_norm = self._log_norm
+        if log_norm is None or self._logits is not logits:  # (the two are set together, by `__call__`)
+            log_norm = logits.float().logsumexp(dim=-1, keepdim=True)
         surprise = (log_norm - logits.float().gather(1, token.long().unsqueeze(1))).squeeze(1)
-        self.state[:, 1] = TREND_DECAY * self.state[:, 1] + (1 - TREND_DECAY) * surprise
-        self.state[:, 2] = surprise
+        state = self._rows_state()
+        state[:, 1] = TREND_DECAY * state[:, 1] + (1 - TREND_DECAY) * surprise
+        state[:, 2] = surprise
 
     def __call__(self, history: torch.Tensor, lengths: torch.Tensor | None, logits: torch.Tensor,
                  hidden: torch.Tensor, steps, prev_action: torch.Tensor) -> torch.Tensor:
         """history (B, H) ids (only the first `lengths` count; all when None), raw next-token logits (B, V), hidden
-        (B, E), steps (int or (B,)), prev_action (B,) -> (B, 64). Updates the entropy EMA."""
+        (B, E), steps (int or (B,)), prev_action (B,) -> (B, OBSERVATION_DIM). Updates the entropy EMA."""
         B, H = history.shape
         device = logits.device
         if self.state is None or self.state.shape[0] != B:
             self.reset(B, device)
+        state = self._rows_state()
         lengths = torch.full((B,), H, device=device) if lengths is None else lengths
         # Four cheap passes over the vocabulary instead of log_softmax + exp (ADR 0016): with d = x − x_max (x the
         # logits; centred, so the moments lose no precision to an offset), ln p = d − ln Σ exp d and ln p_max =
@@ -130,13 +148,12 @@ class ObservationBuilder:
         earlier = torch.ones(REPEAT_WINDOW, REPEAT_WINDOW, dtype=torch.bool, device=device).tril(-1)
         repeated = (same & earlier).any(dim=2).float().sum(dim=1) / (recent >= 0).sum(dim=1).clamp_min(1)
         steps = torch.as_tensor(steps, device=device, dtype=torch.float32).expand(B)
-        ema_entropy = self.state[:, 0]
+        ema_entropy = state[:, 0]
         trend = torch.where(ema_entropy == 0, torch.zeros_like(entropy), entropy - ema_entropy)
-        self.state[:, 0] = torch.where(ema_entropy == 0, entropy,
-                                       TREND_DECAY * ema_entropy + (1 - TREND_DECAY) * entropy)
+        state[:, 0] = torch.where(ema_entropy == 0, entropy, TREND_DECAY * ema_entropy + (1 - TREND_DECAY) * entropy)
         scalars = torch.stack([
             entropy, varentropy, top_values[:, 0], top_values[:, 0] - top_values[:, 1], top_values.sum(dim=1),
-            trend, self.state[:, 2] - self.state[:, 1], self.state[:, 2], seen_mass, argmax_seen.float(),
+            trend, state[:, 2] - state[:, 1], state[:, 2], seen_mass, argmax_seen.float(),
             since_boundary / 16.0, 1.0 - steps / self.max_steps, repeated,
             prev_action.to(device).float().reshape(B) / self.action_scale, top_log_probs[:, 0],
         ], dim=1)
@@ -148,7 +165,7 @@ class GatingEnvironment:
     """`num_envs` rows in groups of `samples_per_prompt` stepping together. Row b draws its tokens from its own
     generator seeded by (seed, env_offset + b), so a batch reproduces the same rows run alone."""
 
-    def __init__(self, model, action_space, reward_computer, prompts: list[list[int]], rl_config: dict,
+    def __init__(self, model, action_space, reward_computer, prompts: list[list[int]], rl_config: RLConfig | Mapping,
                  num_envs: int | None = None, device: torch.device | str | None = None, seed: int = 0,
                  env_offset: int = 0, decoder=None, gate_training: bool = False, use_gates: bool | None = None,
                  sequential_prompts: bool = False, samples_per_prompt: int | None = None, observations: bool = True):
@@ -158,9 +175,9 @@ class GatingEnvironment:
         self.action_space = action_space
         self.reward_computer = reward_computer
         self.prompts = prompts
-        self.config = rl_config
-        self.num_envs = num_envs or rl_config["RL_NUM_ENVS"]
-        self.group_size = samples_per_prompt or rl_config["RL_SAMPLES_PER_PROMPT"]
+        self.config = rl_config = RLConfig.of(rl_config)
+        self.num_envs = num_envs or rl_config.RL_NUM_ENVS
+        self.group_size = samples_per_prompt or rl_config.RL_SAMPLES_PER_PROMPT
         if self.num_envs % self.group_size:
             raise ValueError(f"{self.num_envs} environments do not split into groups of {self.group_size} samples "
                              "per prompt (RL_NUM_ENVS must be a multiple of RL_SAMPLES_PER_PROMPT)")
@@ -172,11 +189,11 @@ class GatingEnvironment:
         if self.use_gates and getattr(action_space, "kind", "continuous") != "continuous":
             raise ValueError("the dynamic gates take the continuous modulation m; use RL_ACTION_MODE modulation")
         self.sequential_prompts = sequential_prompts
-        self.observations = observations  # the study's fixed decoders need none: (N, 64) zeros, nothing computed
+        self.observations = observations  # the study's fixed decoders need none: zeros, nothing computed
         scale = (action_space.num_actions - 1) if getattr(action_space, "kind", "") == "discrete" else 1.0
         self.observe = ObservationBuilder(rl_config, model.config, action_scale=scale)
-        self.max_steps = rl_config["RL_MAX_EPISODE_LENGTH"]
-        self.eot_bootstraps = bool(rl_config["RL_EOT_BOOTSTRAP"])
+        self.max_steps = rl_config.RL_MAX_EPISODE_LENGTH
+        self.eot_bootstraps = rl_config.RL_EOT_BOOTSTRAP
         self.history_len = max(len(p) for p in prompts) + self.max_steps
         if self.history_len > model.max_context_length:
             raise ValueError(f"prompt + episode ({self.history_len} tokens) exceed MAX_CONTEXT_LENGTH "
@@ -190,7 +207,7 @@ class GatingEnvironment:
         self.group = torch.arange(self.num_envs, device=self.device) // self.group_size
         self.episodes_started = torch.zeros(self.num_groups, dtype=torch.long)
         self.gate_loss_sum, self.gate_loss_steps = 0.0, 0
-        self.cache = None
+        self.cache: KVCache | None = None  # created by reset()
 
     # ---------------------------------------------------------------------------------------------- episodes
     def _next_prompt(self, group: int) -> list[int]:
@@ -201,7 +218,7 @@ class GatingEnvironment:
         return self.prompts[index]
 
     def reset(self) -> torch.Tensor:
-        """Start a fresh episode in every row; returns the first observations (N, 64)."""
+        """Start a fresh episode in every row; returns the first observations (N, OBSERVATION_DIM)."""
         N = self.num_envs
         self.cache = self.model.new_cache(N, self.history_len, self.device, torch.float32)
         self.history = torch.full((N, self.history_len), -1, dtype=torch.long, device=self.device)
@@ -211,7 +228,7 @@ class GatingEnvironment:
         self.active = torch.ones(N, dtype=torch.bool, device=self.device)
         self.prev_action = torch.full((N,), self.initial_action, device=self.device)
         self.logits = torch.zeros(N, self.model.vocab_size, device=self.device)
-        self.hidden = torch.zeros(N, self.model.config["EMBED_DIM"], device=self.device)
+        self.hidden = torch.zeros(N, self.model.config.EMBED_DIM, device=self.device)
         self.episode_return = torch.zeros(N, device=self.device)
         self.episodes_started.zero_()
         self.observe.reset(N, self.device)
@@ -234,12 +251,13 @@ class GatingEnvironment:
             ids[i, width - len(p):] = torch.tensor(p, device=self.device)
             mask[i, width - len(p):] = True
         signal = torch.full((len(prompts), 1), self.initial_action, device=self.device) if self.use_gates else None
-        logits, fresh, hidden = self.model(ids, gate_signals=signal, use_cache=True, return_hidden=True,
-                                           attention_mask=mask, cache_capacity=self.history_len, last_only=True)
-        self.cache.replace_rows(rows, fresh)
-        self.logits[rows], self.hidden[rows] = logits[:, -1].float(), hidden[:, -1].float()
+        out = self.model(ids, gate_signals=signal, use_cache=True, return_hidden=True, attention_mask=mask,
+                         cache_capacity=self.history_len, last_only=True)
+        assert self.cache is not None, "reset() creates the cache before any group starts"
+        self.cache.replace_rows(rows, out.cache)
+        self.logits[rows], self.hidden[rows] = out.logits[:, -1].float(), out.hidden[:, -1].float()
         self.history[rows] = -1
-        for i, (r, p) in enumerate(zip(rows.tolist(), prompts)):
+        for i, (r, p) in enumerate(zip(rows.tolist(), prompts, strict=True)):
             self.history[r, :len(p)] = ids[i, width - len(p):]
         self.lengths[rows] = self.prompt_lengths[rows] = torch.tensor([len(p) for p in prompts], device=self.device)
         self.steps[rows] = 0
@@ -270,7 +288,7 @@ class GatingEnvironment:
         return token, {k: v * self.active for k, v in components.items()}, decided
 
     def step(self, action: torch.Tensor, uniforms: torch.Tensor | None = None):
-        """action (N,) -> (observation (N, 64), reward (N,), terminated (N,), truncated (N,), info)."""
+        """action (N,) -> (observation (N, OBSERVATION_DIM), reward (N,), terminated (N,), truncated (N,), info)."""
         if self.cache is None:
             raise RuntimeError("call reset() before step()")
         action = action.detach().to(self.device).float().reshape(self.num_envs)
@@ -310,19 +328,20 @@ class GatingEnvironment:
     def _forward(self, token: torch.Tensor, action: torch.Tensor) -> None:
         signal = action.unsqueeze(1) if self.use_gates else None
         with torch.set_grad_enabled(self.gate_training):
-            logits, self.cache, hidden = self.model(token.unsqueeze(1), gate_signals=signal, past_key_values=self.cache,
-                                                    use_cache=True, return_hidden=True)
+            out = self.model(token.unsqueeze(1), gate_signals=signal, past_key_values=self.cache, use_cache=True,
+                             return_hidden=True)
+            self.cache = out.cache
             if self.gate_training:
-                self._gate_objective(logits[:, -1], action)
-        self.logits, self.hidden = logits[:, -1].detach().float(), hidden[:, -1].detach().float()
+                self._gate_objective(out.logits[:, -1], action)
+        self.logits, self.hidden = out.logits[:, -1].detach().float(), out.hidden[:, -1].detach().float()
 
     def _gate_objective(self, logits: torch.Tensor, m: torch.Tensor) -> None:
         """Auxiliary loss for the dynamic gates: the LM's own next-token entropy should follow m, from
         RL_GATE_ENTROPY_MIN nats at m=0 to RL_GATE_ENTROPY_MAX at m=1. Gradients accumulate in the gate parameters
         (the only ones requiring grad); the trainer steps their optimizer once per rollout."""
         entropy = torch.special.entr(logits.float().softmax(dim=-1)).sum(dim=-1)
-        lo, hi = self.config["RL_GATE_ENTROPY_MIN"], self.config["RL_GATE_ENTROPY_MAX"]
-        loss = self.config["RL_GATE_ENTROPY_WEIGHT"] * ((entropy - (lo + m * (hi - lo))) ** 2).mean()
+        lo, hi = self.config.RL_GATE_ENTROPY_MIN, self.config.RL_GATE_ENTROPY_MAX
+        loss = self.config.RL_GATE_ENTROPY_WEIGHT * ((entropy - (lo + m * (hi - lo))) ** 2).mean()
         loss.backward()
         self.gate_loss_sum += loss.item()
         self.gate_loss_steps += 1

@@ -15,29 +15,30 @@ and random baselines over either space.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 
 import torch
 
+from plugins.tidal.Config import RLConfig
 from plugins.tidal.Decoding import SamplingParams
-
-ACTION_MODES = ("modulation", "residual")
 
 
 class GatingModulator:
     """`modulator(m)` maps m of shape (B,) or (B, 1) to `SamplingParams` on m's device."""
     kind = "continuous"
 
-    def __init__(self, config: dict):
-        self.base_temperature = config["RL_BASE_TEMPERATURE"]
-        self.base_repetition_penalty = config["RL_BASE_REPETITION_PENALTY"]
+    def __init__(self, config: RLConfig | Mapping):
+        config = RLConfig.of(config)
+        self.base_temperature = config.RL_BASE_TEMPERATURE
+        self.base_repetition_penalty = config.RL_BASE_REPETITION_PENALTY
         self.ranges = {
-            "temperature": (config["RL_MODULATION_TEMP_MIN"], config["RL_MODULATION_TEMP_MAX"]),
-            "repetition_penalty": (config["RL_MODULATION_PENALTY_MIN"], config["RL_MODULATION_PENALTY_MAX"]),
-            "top_k": (config["RL_MODULATION_TOP_K_MIN"], config["RL_MODULATION_TOP_K_MAX"]),
-            "top_p": (config["RL_MODULATION_TOP_P_MIN"], config["RL_MODULATION_TOP_P_MAX"]),
-            "min_p": (config["RL_MODULATION_MIN_P_MIN"], config["RL_MODULATION_MIN_P_MAX"]),
+            "temperature": (config.RL_MODULATION_TEMP_MIN, config.RL_MODULATION_TEMP_MAX),
+            "repetition_penalty": (config.RL_MODULATION_PENALTY_MIN, config.RL_MODULATION_PENALTY_MAX),
+            "top_k": (config.RL_MODULATION_TOP_K_MIN, config.RL_MODULATION_TOP_K_MAX),
+            "top_p": (config.RL_MODULATION_TOP_P_MIN, config.RL_MODULATION_TOP_P_MAX),
+            "min_p": (config.RL_MODULATION_MIN_P_MIN, config.RL_MODULATION_MIN_P_MAX),
         }
-        self.penalty_window = int(config["RL_REPETITION_PENALTY_WINDOW"])
+        self.penalty_window = config.RL_REPETITION_PENALTY_WINDOW
 
     def __call__(self, m: torch.Tensor) -> SamplingParams:
         if m.dim() == 2 and m.shape[1] == 1:
@@ -74,16 +75,17 @@ class ResidualActionSpace:
     and a repetition penalty, all read from one table. Index 0 is the base decoder unchanged."""
     kind = "discrete"
 
-    def __init__(self, config: dict, base: dict):
+    def __init__(self, config: RLConfig | Mapping, base: dict):
+        config = RLConfig.of(config)
         self.base = {"temperature": float(base["temperature"]), "min_p": float(base.get("min_p", 0.0)),
                      "top_k": int(base.get("top_k", 0)), "top_p": float(base.get("top_p", 1.0))}
-        temps = [float(x) for x in config["RL_RESIDUAL_TEMPERATURE_FACTORS"]]
-        min_ps = [float(x) for x in config["RL_RESIDUAL_MIN_P_FACTORS"]]
-        penalties = [float(x) for x in config["RL_RESIDUAL_PENALTIES"]]
+        temps = config.RL_RESIDUAL_TEMPERATURE_FACTORS
+        min_ps = config.RL_RESIDUAL_MIN_P_FACTORS
+        penalties = config.RL_RESIDUAL_PENALTIES
         if temps[0] != 1.0 or min_ps[0] != 1.0 or penalties[0] != 1.0:
             raise ValueError("the first residual factor of each list must be 1.0, so action 0 is the base decoder")
         self.table = list(itertools.product(temps, min_ps, penalties))
-        self.penalty_window = int(config["RL_REPETITION_PENALTY_WINDOW"])
+        self.penalty_window = config.RL_REPETITION_PENALTY_WINDOW
         rows = torch.tensor(self.table, dtype=torch.float32)  # (A, 3)
         self._temperature = rows[:, 0] * self.base["temperature"]
         self._min_p = (rows[:, 1] * self.base["min_p"]).clamp(max=0.99)
@@ -111,20 +113,18 @@ class ResidualActionSpace:
                 "table": [list(row) for row in self.table], "penalty_window": self.penalty_window}
 
 
-def make_action_space(config: dict, base: dict | None = None):
+def make_action_space(config: RLConfig | Mapping, base: dict | None = None) -> GatingModulator | ResidualActionSpace:
     """The action space RL_ACTION_MODE names; `residual` needs the base decoder (from the dev sweep or a checkpoint)."""
-    mode = config["RL_ACTION_MODE"]
-    if mode == "modulation":
+    config = RLConfig.of(config)  # RL_ACTION_MODE is modulation or residual
+    if config.RL_ACTION_MODE == "modulation":
         return GatingModulator(config)
-    if mode == "residual":
-        if base is None:
-            raise ValueError("the residual action space needs its base decoder (chosen on the dev prompts)")
-        space = ResidualActionSpace(config, base)
-        if config.get("RL_AGENT_TYPE") == "categorical" and config.get("RL_NUM_ACTIONS") != space.num_actions:
-            raise ValueError(f"RL_NUM_ACTIONS is {config.get('RL_NUM_ACTIONS')} but the residual lists make "
-                             f"{space.num_actions} actions; set RL_NUM_ACTIONS: {space.num_actions}")
-        return space
-    raise ValueError(f"RL_ACTION_MODE must be one of {', '.join(ACTION_MODES)}; got {mode!r}")
+    if base is None:
+        raise ValueError("the residual action space needs its base decoder (chosen on the dev prompts)")
+    space = ResidualActionSpace(config, base)
+    if config.RL_AGENT_TYPE == "categorical" and config.RL_NUM_ACTIONS != space.num_actions:
+        raise ValueError(f"RL_NUM_ACTIONS is {config.RL_NUM_ACTIONS} but the residual lists make "
+                         f"{space.num_actions} actions; set RL_NUM_ACTIONS: {space.num_actions}")
+    return space
 
 
 # ------------------------------------------------------------------------------------------- baseline policies

@@ -1,7 +1,8 @@
-"""Actor-critic for the gating policy, in the style of CleanRL's `ppo_continuous_action.py` (SPEC §7).
+"""Actor-critic for the gating policy, in the style of CleanRL's `ppo_continuous_action.py` (ADR 0005).
 
-obs (B, 64) → running mean/std normalisation, clipped to ±RL_OBS_CLIP → Linear(64, 128) → tanh → Linear(128, 64)
-→ tanh → features (B, 64), shared by
+obs (B, O) → running mean/std normalisation, clipped to ±RL_OBS_CLIP → Linear(O, 128) → tanh → Linear(128, 64)
+→ tanh → features (B, 64), shared by (O = RL_OBSERVATION_DIM, which RLConfig holds equal to
+GatingEnvironment.OBSERVATION_DIM)
   actor    64 → 32 → 2   Beta(α, β) over m ∈ [0, 1]    "beta"
            64 → 32 → 1   mean of a sigmoid-squashed Normal over m   "gaussian"
            64 → 32 → K   Categorical over K = RL_NUM_ACTIONS discrete actions   "categorical"
@@ -12,6 +13,7 @@ Actions are one value per row, shape (B,), float: m for beta and gaussian, the a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -19,8 +21,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributions import Beta, Categorical, Normal
 
-FEATURE_DIM = 64      # trunk output width (SPEC §7)
-HEAD_HIDDEN_DIM = 32  # hidden width of every head (SPEC §7)
+from plugins.tidal.Config import RLConfig
+
+FEATURE_DIM = 64      # trunk output width (a fixed architecture width, ADR 0005)
+HEAD_HIDDEN_DIM = 32  # hidden width of every head (a fixed architecture width, ADR 0005)
 ACTION_EPS = 1e-6     # actions are clamped to [ε, 1 − ε] so log-probabilities stay finite at the bounds
 OBS_NORM_EPS = 1e-8   # added to the running variance so a constant observation slot does not divide by zero
 
@@ -47,6 +51,10 @@ class RunningObsNorm(nn.Module):
 
     The statistics change only through `update`, never in `forward`: the trainer decides when they move (between
     iterations), and evaluation uses them frozen. Before the first update it is the identity (then clipped)."""
+
+    mean: torch.Tensor   # buffers (registered in __init__)
+    var: torch.Tensor
+    count: torch.Tensor
 
     def __init__(self, dim: int, clip: float):
         super().__init__()
@@ -78,19 +86,18 @@ class RunningObsNorm(nn.Module):
 class _GatingActorCritic(nn.Module):
     """Normaliser, trunk, critic and optional cost critic shared by every policy family."""
 
-    def __init__(self, config: dict, actor_outputs: int):
+    def __init__(self, config: RLConfig | Mapping, actor_outputs: int):
         super().__init__()
-        if config["RL_ACTION_DIM"] != 1:
-            raise ValueError("the gating agent takes one action value per row: RL_ACTION_DIM must be 1")
-        obs_dim, hidden_dim = config["RL_OBSERVATION_DIM"], config["RL_HIDDEN_DIM"]
-        self.obs_norm = RunningObsNorm(obs_dim, config["RL_OBS_CLIP"])
+        config = RLConfig.of(config)  # RL_ACTION_DIM is 1, RL_OBSERVATION_DIM the environment's OBSERVATION_DIM
+        obs_dim, hidden_dim = config.RL_OBSERVATION_DIM, config.RL_HIDDEN_DIM
+        self.obs_norm = RunningObsNorm(obs_dim, config.RL_OBS_CLIP)
         self.trunk = nn.Sequential(
             layer_init(nn.Linear(obs_dim, hidden_dim)), nn.Tanh(),
             layer_init(nn.Linear(hidden_dim, FEATURE_DIM)), nn.Tanh(),
         )
         self.actor = _head(actor_outputs)
         self.critic = _head(1)
-        self.cost_critic = _head(1) if config["RL_CONSTRAINT_MODE"] == "lagrangian" else None
+        self.cost_critic = _head(1) if config.RL_CONSTRAINT_MODE == "lagrangian" else None
 
     def update_obs_norm(self, obs: torch.Tensor) -> None:
         """Fold observations (B, obs_dim) into the running normalisation statistics."""
@@ -116,7 +123,7 @@ class _GatingActorCritic(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        """The gating-policy interface: obs (B, 64) -> action (B,): m, or a float index for categorical."""
+        """The gating-policy interface: obs (B, O) -> action (B,): m, or a float index for categorical."""
         return self.get_action_and_value(obs, deterministic=deterministic)[0]
 
 
@@ -124,12 +131,10 @@ class GatingPolicyAgent(_GatingActorCritic):
     """Beta policy: α, β = softplus(·) + 1 (unimodal, no spikes at the bounds), capped at RL_BETA_CONCENTRATION_MAX.
     Deterministic action = the Beta mean α / (α + β)."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: RLConfig | Mapping):
+        config = RLConfig.of(config)
         super().__init__(config, actor_outputs=2)
-        self.concentration_max = config["RL_BETA_CONCENTRATION_MAX"]
-
-    def distribution(self, obs: torch.Tensor) -> Beta:
-        return self._distribution(self.features(obs))
+        self.concentration_max = config.RL_BETA_CONCENTRATION_MAX
 
     def _distribution(self, features: torch.Tensor) -> Beta:
         out = self.actor(features)  # (B, 2)
@@ -152,7 +157,7 @@ class GaussianGatingPolicyAgent(_GatingActorCritic):
     H[N] + E[log(m(1 − m))], the expectation taken by Gauss–Hermite quadrature: deterministic, and
     differentiable through μ and σ, so the entropy bonus also discourages saturating the sigmoid."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: RLConfig | Mapping):
         super().__init__(config, actor_outputs=1)
         self.log_std = nn.Parameter(torch.zeros(1))
 
@@ -182,13 +187,11 @@ class CategoricalGatingPolicyAgent(_GatingActorCritic):
     """Categorical over RL_NUM_ACTIONS discrete actions; the environment maps an index to decoding settings.
     Indices travel as floats so every agent shares the trainer's rollout buffers. Deterministic action = argmax."""
 
-    def __init__(self, config: dict):
-        if config["RL_NUM_ACTIONS"] < 2:
-            raise ValueError(f"a categorical policy needs RL_NUM_ACTIONS >= 2, got {config['RL_NUM_ACTIONS']}")
-        super().__init__(config, actor_outputs=config["RL_NUM_ACTIONS"])
-
-    def distribution(self, obs: torch.Tensor) -> Categorical:
-        return Categorical(logits=self.actor(self.features(obs)))  # (B, K) logits
+    def __init__(self, config: RLConfig | Mapping):
+        config = RLConfig.of(config)
+        if config.RL_NUM_ACTIONS < 2:
+            raise ValueError(f"a categorical policy needs RL_NUM_ACTIONS >= 2, got {config.RL_NUM_ACTIONS}")
+        super().__init__(config, actor_outputs=config.RL_NUM_ACTIONS)
 
     def get_action_and_value(self, obs, action=None, deterministic=False):
         features = self.features(obs)
@@ -202,9 +205,7 @@ AGENT_TYPES = {"beta": GatingPolicyAgent, "gaussian": GaussianGatingPolicyAgent,
                "categorical": CategoricalGatingPolicyAgent}
 
 
-def create_agent(config: dict) -> _GatingActorCritic:
-    """The agent named by RL_AGENT_TYPE."""
-    kind = config["RL_AGENT_TYPE"]
-    if kind not in AGENT_TYPES:
-        raise ValueError(f"RL_AGENT_TYPE must be one of {', '.join(map(repr, AGENT_TYPES))}; got {kind!r}")
-    return AGENT_TYPES[kind](config)
+def create_agent(config: RLConfig | Mapping) -> _GatingActorCritic:
+    """The agent named by RL_AGENT_TYPE (RLConfig admits only the AGENT_TYPES)."""
+    config = RLConfig.of(config)
+    return AGENT_TYPES[config.RL_AGENT_TYPE](config)

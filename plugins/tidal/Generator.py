@@ -17,28 +17,32 @@ weights. In learned mode the LM defaults to the one the agent was trained on, an
 Every sample says why it stopped: "eos" (end-of-text) or "length" (max_tokens). `load_generator` is the same path
 for the dashboard and the inference server.
 """
-if __package__ in (None, ""):  # run as a file: make the project root importable
-    import pathlib
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 import argparse
 import json
 import math
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from core.errors import TidalError
+from core.names import GATING_MODES, METADATA_FILE
+from plugins.tidal.Config import LMConfig, RLConfig
 from plugins.tidal.Decoding import ControlledDecoder, DecodeStep, make_decoder
-from plugins.tidal.GatingModulator import FixedGatingPolicy, GatingModulator, RandomGatingPolicy, make_action_space
+from plugins.tidal.GatingModulator import (
+    FixedGatingPolicy,
+    GatingModulator,
+    RandomGatingPolicy,
+    ResidualActionSpace,
+    make_action_space,
+)
 from plugins.tidal.Tokenizer import EOT_TOKEN_ID, get_tokenizer
 from plugins.tidal.TransformerLM import GenerationController, load_pretrained, read_checkpoint
-from plugins.tidal.Utils import RL_CONFIG_PATH, TidalError, cli_main, load_config, resolve_project_path
+from plugins.tidal.Utils import RL_CONFIG_PATH, cli_main, load_config, resolve_project_path
 
-GATING_MODES = ("none", "fixed", "random", "learned")
 PLAIN_DEFAULTS = {"temperature": 0.8, "top_k": 50}  # the seed's sampling defaults, kept for the plain decoder
 # the manifest's (and the API's) parameter ids -> `Decoding.make_decoder` keywords
 DECODER_KEYWORDS = {"temperature": "temperature", "topK": "top_k", "topP": "top_p", "minP": "min_p",
@@ -117,7 +121,7 @@ def agent_lm_checkpoint(rl_path: Path, rl_state: dict) -> Path | None:
     metadata `source_checkpoint`; None when neither names one."""
     named = rl_state.get("lm_checkpoint")
     if named is None:
-        metadata = Path(rl_path).parent / "metadata.json"
+        metadata = Path(rl_path).parent / METADATA_FILE
         try:
             named = json.loads(metadata.read_text()).get("source_checkpoint") if metadata.is_file() else None
         except (OSError, ValueError, AttributeError):
@@ -129,12 +133,13 @@ class GeneratorHandle:
     """A loaded model (and optional RL agent) ready to generate; safe to reuse across requests. `checkpoint` is the
     LM's path and `agent_lm` the one the agent was trained on (None without an agent, or when unknown)."""
 
-    def __init__(self, config: dict, model, checkpoint: Path | None = None, rl_config: dict | None = None,
-                 action_base: dict | None = None, agent=None, agent_lm: Path | None = None,
-                 gates_trained: bool = False):
+    def __init__(self, config: LMConfig | Mapping, model, checkpoint: Path | None = None,
+                 rl_config: RLConfig | Mapping | None = None, action_base: dict | None = None, agent=None,
+                 agent_lm: Path | None = None, gates_trained: bool = False):
         # the action space comes from the RL checkpoint's config, else the shipped rl_config.yaml (read once)
-        self.rl_config = rl_config or load_config(RL_CONFIG_PATH, reference_path=RL_CONFIG_PATH)
-        self.config, self.model, self.checkpoint, self.action_base = config, model, checkpoint, action_base
+        self.rl_config = RLConfig.of(rl_config) if rl_config is not None else \
+            load_config(RL_CONFIG_PATH, reference_path=RL_CONFIG_PATH)
+        self.config, self.model, self.checkpoint, self.action_base = LMConfig.of(config), model, checkpoint, action_base
         self.agent, self.agent_lm, self.gates_trained = agent, agent_lm, gates_trained
         self.device = next(model.parameters()).device
         self.tokenizer = get_tokenizer()
@@ -145,32 +150,33 @@ class GeneratorHandle:
     def _controller(self, gating_mode: str, modulation: float | None, seed: int | None) -> PolicyController:
         if gating_mode == "learned" and self.agent is None:
             raise TidalError("gating mode 'learned' needs an RL checkpoint (--rl-checkpoint)")
-        if gating_mode != "learned" and self.action_base is None and self.rl_config["RL_ACTION_MODE"] == "residual":
+        if gating_mode != "learned" and self.action_base is None and self.rl_config.RL_ACTION_MODE == "residual":
             # without an RL checkpoint there is no dev-chosen base decoder: fixed and random play the seed's m
-            space = GatingModulator(self.rl_config)
+            space: GatingModulator | ResidualActionSpace = GatingModulator(self.rl_config)
         else:
             try:
                 space = make_action_space(self.rl_config, self.action_base)
             except (KeyError, ValueError) as exc:
                 raise TidalError(f"the RL checkpoint's action space cannot be built: {exc}") from None
         discrete = space.kind == "discrete"
+        num_actions = space.num_actions if isinstance(space, ResidualActionSpace) else 0  # (the discrete space)
 
         def controller(policy, observer=None, deterministic=False):
             return PolicyController(policy, space, observer, self.gates_trained, deterministic, self.device)
 
         if gating_mode == "fixed":
             a = (0.0 if discrete else 0.5) if modulation is None else modulation
-            valid = (a == int(a) and 0 <= a < space.num_actions) if discrete else 0.0 <= a <= 1.0
+            valid = (a == int(a) and 0 <= a < num_actions) if discrete else 0.0 <= a <= 1.0
             if not valid:
-                wanted = f"an action index in [0, {space.num_actions})" if discrete else "in [0, 1]"
+                wanted = f"an action index in [0, {num_actions})" if discrete else "in [0, 1]"
                 raise TidalError(f"modulation must be {wanted}, got {a}")
             return controller(FixedGatingPolicy(a))
         if gating_mode == "random":
-            return controller(RandomGatingPolicy(seed, space.num_actions if discrete else None))
+            return controller(RandomGatingPolicy(seed, num_actions if discrete else None))
         from plugins.tidal.GatingEnvironment import ObservationBuilder
 
         # as in the environment the agent was trained in: the previous action is observed scaled to [0, 1]
-        scale = space.num_actions - 1 if discrete else 1.0
+        scale = num_actions - 1 if discrete else 1.0
         observer = ObservationBuilder(self.rl_config, self.model.config, action_scale=scale)
         return controller(self.agent, observer, deterministic=True)
 
@@ -249,9 +255,13 @@ def load_generator(config_path, checkpoint_path=None, rl_checkpoint_path=None, d
         rl_state = read_checkpoint(rl_path)
         if not isinstance(rl_state, dict) or "agent_state_dict" not in rl_state:
             raise TidalError(f"{rl_checkpoint_path}: not an RL checkpoint (no agent_state_dict)")
-        # checkpoints from before action modes existed all trained the modulation
-        rl_config = rl_config or {**load_config(RL_CONFIG_PATH, reference_path=RL_CONFIG_PATH),
-                                  "RL_ACTION_MODE": "modulation", **rl_state.get("config", {})}
+        if rl_config is None:
+            # the saved config over the shipped one (checkpoints from before action modes existed all trained the
+            # modulation); keys this version no longer has are dropped, as nothing reads them
+            saved = {k: v for k, v in rl_state.get("config", {}).items() if k in RLConfig.model_fields}
+            rl_config = RLConfig.of({**load_config(RL_CONFIG_PATH, reference_path=RL_CONFIG_PATH).to_dict(),
+                                     "RL_ACTION_MODE": "modulation", **saved},
+                                    source=f"{rl_checkpoint_path} (its saved RL config)")
         action_base, agent_state = rl_state.get("action_base"), rl_state["agent_state_dict"]
         agent_lm, gate_state = agent_lm_checkpoint(rl_path, rl_state), rl_state.get("gate_state_dict")
     if checkpoint_path is None:
@@ -265,6 +275,7 @@ def load_generator(config_path, checkpoint_path=None, rl_checkpoint_path=None, d
     if agent_state is not None:
         from plugins.tidal.GatingPolicyAgent import create_agent
 
+        assert rl_config is not None, "an RL checkpoint's agent comes with its RL config"
         agent = create_agent(rl_config).to(device).eval()
         agent.load_state_dict(agent_state)
     if gate_state:
@@ -300,7 +311,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num_samples", type=int, default=1)
     p.add_argument("--gating-mode", choices=GATING_MODES, help="default: learned with --rl-agent, else none")
     p.add_argument("--modulation", type=float, help="the action for --gating-mode fixed (default: m = 0.5)")
-    p.add_argument("--rl-agent", action="store_true", help="let the trained PPO agent choose the action per token (gating mode learned)")
+    p.add_argument("--rl-agent", action="store_true",
+                   help="let the trained PPO agent choose the action per token (gating mode learned)")
     p.add_argument("--rl-checkpoint", help="RL checkpoint (rl_checkpoint_final.pth)")
     p.add_argument("--rl-config", help="RL config YAML (default: the one stored in the RL checkpoint)")
     p.add_argument("--device", default="cpu")
@@ -350,7 +362,8 @@ def main(argv=None) -> int:
 
 def print_trajectory(trajectory: dict) -> None:
     print(f"{'step':>4}  {'action':>6}  {'temp':>5}  {'top_k':>5}  {'top_p':>5}  {'min_p':>5}  {'rep':>5}  token")
-    for i, (a, e, text) in enumerate(zip(trajectory["gateSignals"], trajectory["effects"], trajectory["tokenTexts"])):
+    steps = zip(trajectory["gateSignals"], trajectory["effects"], trajectory["tokenTexts"], strict=True)
+    for i, (a, e, text) in enumerate(steps):
         print(f"{i:>4}  {a[0]:>6.2f}  {e['temperature']:>5.2f}  {e['top_k']:>5}  {e['top_p']:>5.2f}  "
               f"{e['min_p']:>5.2f}  {e['repetition_penalty']:>5.2f}  {text!r}")
 

@@ -15,22 +15,32 @@ searchsorted, as RewardComputer's bigram coherence is. Trade-offs:
 - Tables live as numpy arrays (cached as .npz); torch views are moved to the caller's device on first use, so the
   RL reward can call `logprob_next` per step on the GPU without a host round trip.
 
-`judge_corpus` picks each role's stories so that they are disjoint from the generator's data and from the other
+`_corpus` picks each role's stories so that they are disjoint from the generator's data and from the other
 role's (see its docstring); `build_judge` builds or loads the judge from DATA_CACHE_DIR.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from plugins.tidal.DataPipeline import BUILTIN_DATASET, EOT_TOKEN_ID, TOKENIZER_SHA256, VOCAB_SIZE, TinyTales, \
-    get_tokenizer, load_stories
-from plugins.tidal.Utils import TidalError, atomic_path, resolve_project_path
+from core.errors import TidalError
+from core.io import atomic_path
+from plugins.tidal.Config import LMConfig
+from plugins.tidal.DataPipeline import (
+    BUILTIN_DATASET,
+    EOT_TOKEN_ID,
+    TOKENIZER_SHA256,
+    VOCAB_SIZE,
+    TinyTales,
+    get_tokenizer,
+    load_stories,
+)
+from plugins.tidal.Utils import resolve_project_path
 
 MAX_ORDER = 4                                 # exact int64 keys up to V^4 (see the module docstring)
 JUDGE_ROLES = ("train", "eval")               # the RL reward's judge and the study's judge
@@ -79,7 +89,7 @@ class NGramJudge:
     # ------------------------------------------------------------------------------------------- building
     @classmethod
     def from_tokens(cls, tokens: np.ndarray, vocab_size: int = VOCAB_SIZE, order: int = MAX_ORDER,
-                    bos_id: int | None = EOT_TOKEN_ID, provenance: dict | None = None) -> "NGramJudge":
+                    bos_id: int | None = EOT_TOKEN_ID, provenance: dict | None = None) -> NGramJudge:
         """Count a flat token stream (texts joined by `bos_id`, which should also lead the stream)."""
         if not 1 <= order <= MAX_ORDER:
             raise ValueError(f"order must be in [1, {MAX_ORDER}] (exact int64 keys), got {order}")
@@ -88,8 +98,11 @@ class NGramJudge:
             raise ValueError(f"need a flat stream of at least {order} tokens")
         if tokens.min() < 0 or tokens.max() >= vocab_size or (bos_id is not None and not 0 <= bos_id < vocab_size):
             raise ValueError(f"token ids (and bos_id) must lie in [0, {vocab_size})")
-        arrays = {"order": np.int64(order), "vocab_size": np.int64(vocab_size), "num_tokens": np.int64(tokens.size),
-                  "bos_id": np.int64(-1 if bos_id is None else bos_id)}
+        # the scalars as 0-d int64 arrays, as `load` reads them back
+        arrays: dict[str, np.ndarray] = {
+            name: np.array(value, dtype=np.int64)
+            for name, value in (("order", order), ("vocab_size", vocab_size), ("num_tokens", tokens.size),
+                                ("bos_id", -1 if bos_id is None else bos_id))}
         discounts = np.zeros(order + 1)
         higher_first: np.ndarray | None = None  # first positions of the unique (k+1)-grams
         for k in range(order, 0, -1):
@@ -114,7 +127,7 @@ class NGramJudge:
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], order: int = MAX_ORDER, provenance: dict | None = None,
-                   num_threads: int = 1) -> "NGramJudge":
+                   num_threads: int = 1) -> NGramJudge:
         """GPT-2 tokens of the texts, each preceded by EOT and the stream closed by one (as the LM's corpus)."""
         encoded = get_tokenizer().encode_ordinary_batch(list(texts), num_threads=num_threads)
         stream = np.fromiter((t for ids in encoded for t in [EOT_TOKEN_ID, *ids]), dtype=np.int64)
@@ -122,10 +135,11 @@ class NGramJudge:
 
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, provenance=np.array(json.dumps(self.provenance)), **self._arrays)
+            # numpy's stub: an unpacked dict[str, ndarray] might name the `allow_pickle: bool` keyword (ours never do)
+            np.savez(f, provenance=np.array(json.dumps(self.provenance)), **self._arrays)  # type: ignore[arg-type]
 
     @classmethod
-    def load(cls, path: str | Path) -> "NGramJudge":
+    def load(cls, path: str | Path) -> NGramJudge:
         with np.load(path) as data:
             arrays = {name: data[name] for name in data.files}
         return cls(arrays, json.loads(str(arrays.pop("provenance"))))
@@ -153,7 +167,7 @@ class NGramJudge:
         """`score` for many (context, continuation) pairs in one batched lookup."""
         if not pairs:
             return []
-        windows, tokens = zip(*(self._windows(context, continuation) for context, continuation in pairs))
+        windows, tokens = zip(*(self._windows(context, continuation) for context, continuation in pairs), strict=True)
         logp = self._logprob(torch.from_numpy(np.concatenate(windows)), torch.from_numpy(np.concatenate(tokens)))
         return np.split(logp.numpy(), np.cumsum([len(t) for t in tokens])[:-1])
 
@@ -221,8 +235,10 @@ def _find(keys: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 # =============================================================================================== corpora
-def judge_corpus(lm_config: dict, role: str, num_stories: int) -> tuple[list[str], dict]:
-    """The stories of one judge role ("train": the RL reward's judge; "eval": the study's judge) and their provenance.
+def _corpus(lm_config: LMConfig | Mapping, role: str, num_stories: int) -> tuple[dict, Callable[[], list[str]]]:
+    """The provenance of the stories of one judge role ("train": the RL reward's judge; "eval": the study's judge)
+    and how to fetch them (builtin provenance needs no story generated, so a cached judge loads without generating
+    its corpus).
 
     builtin:tinytales: TinyTales(SEED + 1000) for "train", TinyTales(SEED + 2000) for "eval", stories 0 .. n−1 —
     other generator draws than the LM's corpus and the study's prompts (TinyTales(SEED)), and than each other.
@@ -230,25 +246,19 @@ def judge_corpus(lm_config: dict, role: str, num_stories: int) -> tuple[list[str
     num_stories before them. The LM must then have been trained on at most len(train) − 2·num_stories stories
     (MAX_STORIES), which reads the split from its start; otherwise this raises TidalError.
     """
-    provenance, fetch = _corpus(lm_config, role, num_stories)
-    return fetch(), provenance
-
-
-def _corpus(lm_config: dict, role: str, num_stories: int) -> tuple[dict, Callable[[], list[str]]]:
-    """The provenance of a role's stories and how to fetch them (builtin provenance needs no story generated, so a
-    cached judge loads without generating its corpus)."""
     if role not in JUDGE_ROLES:
         raise ValueError(f"judge role must be one of {JUDGE_ROLES}, got {role!r}")
     if num_stories < 1:
         raise ValueError(f"num_stories must be >= 1, got {num_stories}")
-    source = str(lm_config["DATASET"])
+    lm_config = LMConfig.of(lm_config)
+    source = lm_config.DATASET
     if source == BUILTIN_DATASET:
-        seed = int(lm_config["SEED"]) + _ROLE_SEED_OFFSETS[role]
+        seed = lm_config.SEED + _ROLE_SEED_OFFSETS[role]
         return ({"source": source, "seed": seed, "role": role, "num_stories": num_stories,
                  "tinytales_version": TinyTales.VERSION}, lambda: TinyTales(seed).stories(0, num_stories))
-    stories = load_stories({**lm_config, "MAX_STORIES": None}, "train")
-    lm_stories = lm_config.get("MAX_STORIES")
-    held_out = len(stories) - (len(stories) if lm_stories is None else min(int(lm_stories), len(stories)))
+    stories = load_stories(lm_config.replace(MAX_STORIES=None), "train")
+    lm_stories = lm_config.MAX_STORIES
+    held_out = len(stories) - (len(stories) if lm_stories is None else min(lm_stories, len(stories)))
     if held_out < 2 * num_stories:
         raise TidalError(f"the judges need 2 x {num_stories} train-split stories the LM did not read, but only "
                          f"{held_out} of {len(stories)} are beyond MAX_STORIES={lm_stories}; train the LM with "
@@ -260,14 +270,16 @@ def _corpus(lm_config: dict, role: str, num_stories: int) -> tuple[dict, Callabl
              "train_split_range": [end - num_stories, end], "texts_sha256": fingerprint}, lambda: shard)
 
 
-def build_judge(lm_config: dict, role: str, num_stories: int, order: int = MAX_ORDER) -> NGramJudge:
-    """The judge of `role` over `judge_corpus(...)`, loaded from DATA_CACHE_DIR when an identical build is cached."""
+def build_judge(lm_config: LMConfig | Mapping, role: str, num_stories: int, order: int = MAX_ORDER) -> NGramJudge:
+    """The judge of `role` over the stories `_corpus` picks, loaded from DATA_CACHE_DIR when an identical build is
+    cached."""
+    lm_config = LMConfig.of(lm_config)
     provenance, fetch = _corpus(lm_config, role, num_stories)
     identity = {**provenance, "order": order, "format": _FORMAT_VERSION, "tokenizer": TOKENIZER_SHA256}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    path = resolve_project_path(lm_config["DATA_CACHE_DIR"]) / f"judge-{role}-{digest}.npz"
+    path = resolve_project_path(lm_config.DATA_CACHE_DIR) / f"judge-{role}-{digest}.npz"
     if path.exists():
         return NGramJudge.load(path)
-    judge = NGramJudge.from_texts(fetch(), order, provenance, int(lm_config.get("NUM_CPU_CORE_WORKERS") or 1))
+    judge = NGramJudge.from_texts(fetch(), order, provenance, lm_config.NUM_CPU_CORE_WORKERS)
     judge.save(path)
     return judge

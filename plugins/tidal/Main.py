@@ -1,17 +1,12 @@
 """Train the language model (phase 1), then evaluate it.
 
     python3 plugins/tidal/Main.py --config plugins/tidal/configs/base_config.yaml [--set KEY=VALUE ...] [--max-steps N]
-    python3 plugins/tidal/Main.py --resume experiments/<id>            # continue exactly where it stopped, to the same end
-    torchrun --nproc_per_node=2 plugins/tidal/Main.py --config ...      # DistributedDataParallel
+    python3 plugins/tidal/Main.py --resume experiments/<id>        # continue exactly where it stopped, to the same end
+    torchrun --nproc_per_node=2 plugins/tidal/Main.py --config ...  # DistributedDataParallel
 
 Signals: SIGUSR1 asks for a graceful finish (complete the current step, save, evaluate, exit 0); SIGTERM or Ctrl-C
 saves a resumable `training_state.pth` and exits 143.
 """
-if __package__ in (None, ""):  # run as a file: make the project root importable
-    import pathlib
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 if __name__ == "__main__":  # before torch is imported: a re-exec is then nearly free
     from plugins.tidal.Utils import reexec_with_tuned_malloc
 
@@ -26,11 +21,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from core.errors import TidalError
 from experiment_utils import create_experiment_dir, resolve_device
 from MetricsLogger import MetricsLogger
+from plugins.tidal.Config import LMConfig
 from plugins.tidal.Evaluator import Evaluator
 from plugins.tidal.Trainer import Trainer, setup_distributed
-from plugins.tidal.Utils import TidalError, cli_main, load_config, resolve_project_path
+from plugins.tidal.Utils import cli_main, load_config, resolve_project_path
 
 EXIT_STOPPED = 128 + signal.SIGTERM
 
@@ -38,9 +35,11 @@ EXIT_STOPPED = 128 + signal.SIGTERM
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="Main.py", description="Train the Tidal language model, then evaluate it.")
     parser.add_argument("--config", help="LM config YAML (default with --resume: the experiment's config.yaml)")
-    parser.add_argument("--resume", metavar="EXP_DIR", help="continue the experiment in EXP_DIR from training_state.pth")
+    parser.add_argument("--resume", metavar="EXP_DIR",
+                        help="continue the experiment in EXP_DIR from training_state.pth")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set BATCH_SIZE=32 --set LEARNING_RATE_SCHEDULER.BASE_LR=3e-4")
+                        help="override a config value, e.g. "
+                             "--set BATCH_SIZE=32 --set LEARNING_RATE_SCHEDULER.BASE_LR=3e-4")
     parser.add_argument("--max-steps", type=int, help="stop after N optimizer steps (the LR schedule spans N); with "
                         "--resume the default is the run's own horizon, and another N rebuilds the schedule for N")
     args = parser.parse_args(argv)
@@ -51,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_run_config(args) -> tuple[dict, Path, Path | None]:
+def load_run_config(args) -> tuple[LMConfig, Path, Path | None]:
     """(effective config, config path, experiment dir when resuming)."""
     if not args.resume:
         config_path = resolve_project_path(args.config)
@@ -63,13 +62,14 @@ def load_run_config(args) -> tuple[dict, Path, Path | None]:
     return load_config(config_path, args.set), config_path, exp_dir
 
 
-def create_run_dir(config: dict, config_path: Path, is_main: bool) -> Path:
+def create_run_dir(config: LMConfig, config_path: Path, is_main: bool) -> Path:
     """Rank 0 creates the experiment directory; with DDP its name is broadcast so every rank agrees."""
-    exp_dir = create_experiment_dir("lm", config_path, {"config.yaml": config}) if is_main else None
+    exp_dir = create_experiment_dir("lm", config_path, {"config.yaml": config.to_dict()}) if is_main else None
     if dist.is_initialized():
-        shared = [str(exp_dir) if exp_dir else None]
+        shared = [str(exp_dir)]  # the other ranks' entry is replaced by rank 0's
         dist.broadcast_object_list(shared, src=0)
-        exp_dir = Path(shared[0])
+        return Path(shared[0])
+    assert exp_dir is not None, "a single process is rank 0"
     return exp_dir
 
 
@@ -78,9 +78,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_float32_matmul_precision("high")
     config, config_path, exp_dir = load_run_config(args)
-    dist_ctx = setup_distributed(config["DEVICE"])
+    dist_ctx = setup_distributed(config.DEVICE)
     exp_dir = exp_dir or create_run_dir(config, config_path, dist_ctx.is_main)
-    device = resolve_device(config["DEVICE"])
+    device = resolve_device(config.DEVICE)
     if dist_ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", dist_ctx.local_rank)
     metrics = MetricsLogger(exp_dir) if dist_ctx.is_main else None
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
                 metrics.finalize("stopped")  # drains the live queue, so Redis sees the final status too
             print(f"stopped; resume with: python3 plugins/tidal/Main.py --resume {exp_dir}", file=sys.stderr)
             return EXIT_STOPPED
-        if dist_ctx.is_main:
+        if metrics is not None:  # rank 0
             results = Evaluator(config, exp_dir, final, device).run()
             metrics.log_metrics({"Losses/Validation": results["validation_loss"], "Perplexity/Validation":
                                  results["perplexity"], "NatsPerByte/Validation": results["nats_per_byte"]},
@@ -112,7 +112,8 @@ def main(argv=None) -> int:
         if metrics:
             metrics.finalize("failed", error=f"{type(exc).__name__}: {exc}")
         append_to_log(exp_dir, traceback.format_exc())
-        raise TidalError(f"training failed: {type(exc).__name__}: {exc} (traceback in {exp_dir / 'training.log'})") from None
+        raise TidalError(f"training failed: {type(exc).__name__}: {exc} "
+                         f"(traceback in {exp_dir / 'training.log'})") from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -1,4 +1,4 @@
-"""Stateful controllers of the PPO trainer (SPEC §7): entropy schedules and the Lagrange
+"""Stateful controllers of the PPO trainer (ADR 0005): entropy schedules and the Lagrange
 multiplier. Each is a small class with one `step(...)`, a `state_dict()` and a `load_state_dict()`; none of them
 reaches into the trainer, the agent or the reward computer: they return the value the trainer should use.
 """
@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from plugins.tidal.Config import RLConfig
 
 
 def homeostatic_update(value: float, observed: float, *, target: float, rate: float, decay: float,
@@ -28,6 +31,9 @@ class _EntropySchedule:
 
     coef: float
 
+    def step(self, observed: float) -> float:
+        raise NotImplementedError
+
     def state_dict(self) -> dict:
         return {"coef": self.coef}
 
@@ -39,12 +45,13 @@ class EntropyHomeostasis(_EntropySchedule):
     """Raises the entropy coefficient while the policy's entropy is below RL_ENTROPY_TARGET_POLICY and lets it
     relax back to the baseline RL_ENTROPY_COEF otherwise."""
 
-    def __init__(self, config: dict):
-        self.baseline = self.coef = float(config["RL_ENTROPY_COEF"])
-        self.target = config["RL_ENTROPY_TARGET_POLICY"]
-        self.rate = config["RL_ENTROPY_HOMEOSTASIS_RATE"]
-        self.decay = config["RL_ENTROPY_HOMEOSTASIS_DECAY"]
-        self.minimum, self.maximum = config["RL_ENTROPY_COEF_MIN"], config["RL_ENTROPY_COEF_MAX"]
+    def __init__(self, config: RLConfig | Mapping):
+        config = RLConfig.of(config)
+        self.baseline = self.coef = config.RL_ENTROPY_COEF
+        self.target = config.RL_ENTROPY_TARGET_POLICY
+        self.rate = config.RL_ENTROPY_HOMEOSTASIS_RATE
+        self.decay = config.RL_ENTROPY_HOMEOSTASIS_DECAY
+        self.minimum, self.maximum = config.RL_ENTROPY_COEF_MIN, config.RL_ENTROPY_COEF_MAX
 
     def step(self, policy_entropy: float) -> float:
         self.coef = homeostatic_update(self.coef, policy_entropy, target=self.target, rate=self.rate,
@@ -56,12 +63,13 @@ class EntropyHomeostasis(_EntropySchedule):
 class LinearEntropySchedule(_EntropySchedule):
     """RL_ENTROPY_COEF at iteration 0 → RL_ENTROPY_COEF_FINAL at the last iteration, constant after."""
 
-    def __init__(self, config: dict, total_iterations: int):
-        self.start, self.final = config["RL_ENTROPY_COEF"], config["RL_ENTROPY_COEF_FINAL"]
+    def __init__(self, config: RLConfig | Mapping, total_iterations: int):
+        config = RLConfig.of(config)
+        self.start, self.final = config.RL_ENTROPY_COEF, config.RL_ENTROPY_COEF_FINAL
         self.total_iterations = total_iterations
-        self.coef = float(self.start)
+        self.coef = self.start
 
-    def step(self, iteration: int) -> float:
+    def step(self, iteration: float) -> float:  # an iteration number (a float to match the base class)
         fraction = min(max(iteration / max(self.total_iterations - 1, 1), 0.0), 1.0)
         self.coef = self.start + fraction * (self.final - self.start)
         return self.coef
@@ -70,27 +78,23 @@ class LinearEntropySchedule(_EntropySchedule):
 class ConstantEntropySchedule(_EntropySchedule):
     """RL_ENTROPY_COEF throughout, so no controller can keep the policy noisy once the reward says otherwise."""
 
-    def __init__(self, config: dict):
-        self.coef = float(config["RL_ENTROPY_COEF"])
+    def __init__(self, config: RLConfig | Mapping):
+        self.coef = RLConfig.of(config).RL_ENTROPY_COEF
 
     def step(self, _observed: float) -> float:
         return self.coef
 
 
-ENTROPY_SCHEDULES = ("homeostasis", "linear", "constant")
-
-
-def make_entropy_schedule(config: dict, total_iterations: int) -> _EntropySchedule:
-    """The schedule named by RL_ENTROPY_SCHEDULE. All expose `coef`; homeostasis steps on the policy entropy,
-    the linear schedule on the iteration number, the constant one ignores what it is stepped with."""
-    kind = config["RL_ENTROPY_SCHEDULE"]
-    if kind == "homeostasis":
+def make_entropy_schedule(config: RLConfig | Mapping, total_iterations: int) -> _EntropySchedule:
+    """The schedule named by RL_ENTROPY_SCHEDULE (constant, homeostasis or linear: RLConfig admits no other). All
+    expose `coef`; homeostasis steps on the policy entropy, the linear schedule on the iteration number, the constant
+    one ignores what it is stepped with."""
+    config = RLConfig.of(config)
+    if config.RL_ENTROPY_SCHEDULE == "homeostasis":
         return EntropyHomeostasis(config)
-    if kind == "linear":
+    if config.RL_ENTROPY_SCHEDULE == "linear":
         return LinearEntropySchedule(config, total_iterations)
-    if kind == "constant":
-        return ConstantEntropySchedule(config)
-    raise ValueError(f"RL_ENTROPY_SCHEDULE must be one of {', '.join(ENTROPY_SCHEDULES)}; got {kind!r}")
+    return ConstantEntropySchedule(config)
 
 
 # ------------------------------------------------------------------------------------------- PPO-Lagrangian
@@ -101,13 +105,12 @@ class LagrangeMultiplier:
     the limit and falls once it is below (the cost is a hinge, never negative, so a limit of 0 would never let
     λ fall; ADR 0005)."""
 
-    def __init__(self, config: dict):
-        init = config["RL_LAGRANGE_MULTIPLIER_INIT"]
-        if init <= 0:
-            raise ValueError(f"RL_LAGRANGE_MULTIPLIER_INIT must be positive (λ = softplus(raw) > 0), got {init}")
-        self.cost_limit = config["RL_LAGRANGE_COST_LIMIT"]
+    def __init__(self, config: RLConfig | Mapping):
+        config = RLConfig.of(config)
+        init = config.RL_LAGRANGE_MULTIPLIER_INIT  # positive (RLConfig): λ = softplus(raw) > 0
+        self.cost_limit = config.RL_LAGRANGE_COST_LIMIT
         self.raw = nn.Parameter(torch.tensor(init + math.log(-math.expm1(-init))))  # softplus⁻¹(init), stable
-        self.optimizer = torch.optim.Adam([self.raw], lr=config["RL_LAGRANGE_MULTIPLIER_LR"])
+        self.optimizer = torch.optim.Adam([self.raw], lr=config.RL_LAGRANGE_MULTIPLIER_LR)
 
     @property
     def value(self) -> float:

@@ -14,14 +14,23 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from plugins.tidal.RLControllers import LagrangeMultiplier, combine_advantages, make_entropy_schedule
-from plugins.tidal.Utils import TidalError, atomic_torch_save, atomic_write_json
+from core.errors import TidalError
+from core.io import atomic_torch_save, atomic_write_json
+from core.names import RL_METRICS_DIRNAME, RL_TRAINING_METRICS_FILE
+from plugins.tidal.Config import RLConfig
+from plugins.tidal.RLControllers import (
+    LagrangeMultiplier,
+    _EntropySchedule,
+    combine_advantages,
+    make_entropy_schedule,
+)
 
 
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, ended: torch.Tensor, next_value: torch.Tensor,
@@ -66,32 +75,31 @@ def value_loss(new_values: torch.Tensor, old_values: torch.Tensor, returns: torc
 
 
 class PPOTrainer:
-    def __init__(self, agent, env, config: dict, experiment_dir: str | Path | None = None, device="cpu",
+    def __init__(self, agent, env, config: RLConfig | Mapping, experiment_dir: str | Path | None = None, device="cpu",
                  metrics_logger=None, gate_params: list[torch.nn.Parameter] | None = None,
                  extra_state: dict | None = None):
         """`extra_state` is stored as-is in every checkpoint (e.g. the residual base decoder and the LM checkpoint the
         agent was trained on, which generation needs to rebuild the same action space on the same LM)."""
-        self.agent, self.env, self.config = agent, env, config
+        self.agent, self.env = agent, env
+        self.config = config = RLConfig.of(config)
         self.extra_state = dict(extra_state or {})
         self.experiment_dir = Path(experiment_dir) if experiment_dir else None
         self.device = torch.device(device)
         self.metrics = metrics_logger
-        self.lagrangian = config["RL_CONSTRAINT_MODE"] == "lagrangian"
-        if config["RL_CONSTRAINT_MODE"] not in ("weighted", "lagrangian"):
-            raise TidalError(f"RL_CONSTRAINT_MODE must be weighted or lagrangian, got {config['RL_CONSTRAINT_MODE']!r}")
-        self.num_envs, self.num_steps = env.num_envs, config["RL_ROLLOUT_STEPS"]
+        self.lagrangian = config.RL_CONSTRAINT_MODE == "lagrangian"  # else weighted (RLConfig admits no other)
+        self.num_envs, self.num_steps = env.num_envs, config.RL_ROLLOUT_STEPS
         self.batch_size = self.num_envs * self.num_steps
-        self.minibatch_size = min(config["RL_BATCH_SIZE"], self.batch_size)
-        self.target_kl = config["RL_TARGET_KL"]  # None: every epoch runs
-        self.value_clip = config["RL_CLIP_EPSILON"] if config["RL_CLIP_VALUE_LOSS"] else None
-        self.optimizer = torch.optim.Adam(agent.parameters(), lr=config["RL_LEARNING_RATE"], eps=1e-5)
+        self.minibatch_size = min(config.RL_BATCH_SIZE, self.batch_size)
+        self.target_kl = config.RL_TARGET_KL  # None: every epoch runs
+        self.value_clip = config.RL_CLIP_EPSILON if config.RL_CLIP_VALUE_LOSS else None
+        self.optimizer = torch.optim.Adam(agent.parameters(), lr=config.RL_LEARNING_RATE, eps=1e-5)
         self.gate_params = gate_params or []
-        self.gate_optimizer = torch.optim.Adam(self.gate_params, lr=config["RL_GATE_LR"]) if self.gate_params else None
+        self.gate_optimizer = torch.optim.Adam(self.gate_params, lr=config.RL_GATE_LR) if self.gate_params else None
         self.lagrange = LagrangeMultiplier(config) if self.lagrangian else None
         if self.lagrangian:
             env.reward_computer.set_lagrangian_mode()
         self.global_step, self.iteration = 0, 0
-        self.entropy_schedule = None
+        self.entropy_schedule: _EntropySchedule | None = None  # made by train() or load_checkpoint()
         self.history: dict[str, list] = {}
         self.stop_requested: str | None = None  # "complete" or "terminate", set from a signal handler
 
@@ -110,7 +118,7 @@ class PPOTrainer:
         component_sums: dict[str, torch.Tensor] = {}
         modulation_sum = torch.zeros((), device=dev)
         episode_returns: list[float] = []
-        gamma = self.config["RL_GAMMA"]
+        gamma = self.config.RL_GAMMA
         for t in range(S):
             buf["obs"][t] = next_obs
             with torch.no_grad():
@@ -125,12 +133,12 @@ class PPOTrainer:
                     final = info["final_obs"][truncated]
                     reward = reward.clone()
                     reward[truncated] += gamma * self.agent.get_value(final)
-                    if self.lagrangian:
+                    if cost is not None:  # (the Lagrangian mode's)
                         cost = cost.clone()
                         cost[truncated] += gamma * self.agent.get_cost_value(final)
             buf["rewards"][t] = reward
             buf["ended"][t] = (terminated | truncated).float()
-            if self.lagrangian:
+            if cost is not None:
                 buf["costs"][t] = cost
             if "active" in info:  # without it every row is active
                 buf["active"][t] = info["active"]
@@ -155,18 +163,18 @@ class PPOTrainer:
         with torch.no_grad():
             next_value = self.agent.get_value(next_obs)
             advantages, returns = compute_gae(buf["rewards"], buf["values"], buf["ended"], next_value,
-                                              cfg["RL_GAMMA"], cfg["RL_GAE_LAMBDA"], buf["active"])
+                                              cfg.RL_GAMMA, cfg.RL_GAE_LAMBDA, buf["active"])
             if self.lagrangian:
                 next_cost_value = self.agent.get_cost_value(next_obs)
                 cost_adv, cost_returns = compute_gae(buf["costs"], buf["cost_values"], buf["ended"], next_cost_value,
-                                                     cfg["RL_GAMMA"], cfg["RL_GAE_LAMBDA"], buf["active"])
+                                                     cfg.RL_GAMMA, cfg.RL_GAE_LAMBDA, buf["active"])
         # idle transitions leave here: every loss, normalisation statistic and diagnostic below sees active ones only
         active = buf["active"].reshape(-1)
         b_obs = buf["obs"].reshape(self.batch_size, -1)[active]
         b_actions, b_logprobs, b_values = (buf[k].reshape(-1)[active] for k in ("actions", "logprobs", "values"))
         b_adv, b_returns = advantages.reshape(-1)[active], returns.reshape(-1)[active]
         lam = None
-        if self.lagrangian:  # λ is updated once per iteration, before the policy update
+        if self.lagrange is not None:  # Lagrangian mode: λ is updated once per iteration, before the policy update
             b_costs = buf["costs"].reshape(-1)[active]
             lam = self.lagrange.step(b_costs.mean().item())
             b_adv = combine_advantages(b_adv, cost_adv.reshape(-1)[active], lam)
@@ -176,30 +184,30 @@ class PPOTrainer:
         num_minibatches = math.ceil(n / self.minibatch_size)
         clipfracs, approx_kls, pg_losses, v_losses, entropies, cost_v_losses = [], [], [], [], [], []
         epochs_run = 0
-        for _ in range(cfg["RL_NUM_EPOCHS"]):
+        for _ in range(cfg.RL_NUM_EPOCHS):
             for mb in torch.randperm(n, device=self.device).tensor_split(num_minibatches):
                 _, newlogprob, entropy, newvalue = self.agent.get_action_and_value(b_obs[mb], b_actions[mb])
                 logratio = newlogprob - b_logprobs[mb]
                 ratio = logratio.exp()
                 with torch.no_grad():
                     approx_kls.append(((ratio - 1) - logratio).mean().item())  # the k3 estimator
-                    clipfracs.append(((ratio - 1.0).abs() > cfg["RL_CLIP_EPSILON"]).float().mean().item())
+                    clipfracs.append(((ratio - 1.0).abs() > cfg.RL_CLIP_EPSILON).float().mean().item())
                 mb_adv = b_adv[mb]
-                if cfg["RL_NORMALIZE_ADVANTAGES"] and mb_adv.numel() > 1:
+                if cfg.RL_NORMALIZE_ADVANTAGES and mb_adv.numel() > 1:
                     mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
                 pg_loss = torch.max(-mb_adv * ratio,
-                                    -mb_adv * ratio.clamp(1 - cfg["RL_CLIP_EPSILON"], 1 + cfg["RL_CLIP_EPSILON"])).mean()
+                                    -mb_adv * ratio.clamp(1 - cfg.RL_CLIP_EPSILON, 1 + cfg.RL_CLIP_EPSILON)).mean()
                 v_loss = value_loss(newvalue, b_values[mb], b_returns[mb], self.value_clip)
                 entropy_mean = entropy.mean()
-                loss = pg_loss - entropy_coef * entropy_mean + cfg["RL_VALUE_LOSS_COEF"] * v_loss
+                loss = pg_loss - entropy_coef * entropy_mean + cfg.RL_VALUE_LOSS_COEF * v_loss
                 if self.lagrangian:
                     cost_v_loss = value_loss(self.agent.get_cost_value(b_obs[mb]), b_cost_values[mb],
                                              b_cost_returns[mb], self.value_clip)
-                    loss = loss + cfg["RL_VALUE_LOSS_COEF"] * cost_v_loss
+                    loss = loss + cfg.RL_VALUE_LOSS_COEF * cost_v_loss
                     cost_v_losses.append(cost_v_loss.item())
                 self.optimizer.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.agent.parameters(), cfg["RL_MAX_GRAD_NORM"])
+                torch.nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.RL_MAX_GRAD_NORM)
                 self.optimizer.step()
                 pg_losses.append(pg_loss.item())
                 v_losses.append(v_loss.item())
@@ -213,24 +221,25 @@ class PPOTrainer:
                   "explained_variance": explained_variance(b_values, b_returns)}
         if self.target_kl is not None:
             result["epochs_run"] = epochs_run
-        if self.lagrangian:
+        if lam is not None:  # Lagrangian mode
             result.update(lagrange_multiplier=lam, mean_cost=b_costs.mean().item(),
                           cost_value_loss=float(np.mean(cost_v_losses)))
         return result
 
     # ---------------------------------------------------------------------------------------------- the loop
     def train(self, total_timesteps: int | None = None, progress: bool = True) -> dict:
-        total = total_timesteps or self.config["RL_TOTAL_TIMESTEPS"]
+        total = total_timesteps or self.config.RL_TOTAL_TIMESTEPS
         num_iterations = max(1, total // self.batch_size)
         if self.entropy_schedule is None:
             self.entropy_schedule = make_entropy_schedule(self.config, num_iterations)
+        schedule = self.entropy_schedule
         next_obs = self.env.reset()
         bar = tqdm(total=num_iterations * self.batch_size, initial=self.iteration * self.batch_size, unit="tok",
                    unit_scale=True, desc="RL training", disable=not progress, dynamic_ncols=True)
         try:
             while self.iteration < num_iterations and not self.stop_requested:
                 frac = self.iteration / num_iterations  # LR decays linearly to RL_LR_FINAL_FRACTION of itself
-                lr = self.config["RL_LEARNING_RATE"] * (1.0 - (1.0 - self.config["RL_LR_FINAL_FRACTION"]) * frac)
+                lr = self.config.RL_LEARNING_RATE * (1.0 - (1.0 - self.config.RL_LR_FINAL_FRACTION) * frac)
                 self.optimizer.param_groups[0]["lr"] = lr
                 start = time.perf_counter()
                 buf, next_obs, stats = self.collect_rollout(next_obs)
@@ -238,28 +247,28 @@ class PPOTrainer:
                 if self.gate_optimizer is not None:
                     self.gate_optimizer.step()
                     self.gate_optimizer.zero_grad()
-                entropy_coef = self.entropy_schedule.coef
+                entropy_coef = schedule.coef
                 losses = self.update(buf, next_obs, entropy_coef)
                 # after the update, not during the rollout: the stored log-probs and the update then see the same
                 # normalisation, and the next rollout acts with statistics that include this one
                 self.agent.update_obs_norm(buf["obs"][buf["active"]])
-                self._step_controllers(losses, stats)
+                self._step_controllers(schedule, losses, stats)
                 self.iteration += 1
                 record = self._record(stats, losses, entropy_coef, lr, rollout_seconds, num_iterations)
                 bar.update(self.batch_size)
                 bar.set_postfix(reward=f"{record['episode_rewards']:.3f}", m=f"{record['gate_modulation']:.2f}",
                                 tok_s=f"{record['steps_per_second']:,.0f}", refresh=False)
-                if self.experiment_dir and self.iteration % self.config["RL_CHECKPOINT_INTERVAL"] == 0:
+                if self.experiment_dir and self.iteration % self.config.RL_CHECKPOINT_INTERVAL == 0:
                     self.save_checkpoint(self.experiment_dir / f"rl_checkpoint_iter_{self.iteration}.pth")
         finally:
             bar.close()
         return self.history
 
-    def _step_controllers(self, losses: dict, stats: dict) -> None:
-        if self.config["RL_ENTROPY_SCHEDULE"] == "homeostasis":
-            self.entropy_schedule.step(losses["entropy"])
+    def _step_controllers(self, schedule: _EntropySchedule, losses: dict, stats: dict) -> None:
+        if self.config.RL_ENTROPY_SCHEDULE == "homeostasis":
+            schedule.step(losses["entropy"])
         else:
-            self.entropy_schedule.step(self.iteration + 1)
+            schedule.step(self.iteration + 1)
 
     def _record(self, stats: dict, losses: dict, entropy_coef: float, lr: float, seconds: float,
                 num_iterations: int) -> dict:
@@ -280,14 +289,14 @@ class PPOTrainer:
         if self.metrics is not None:
             self.metrics.log_rl_metrics(record, self.global_step)
         if self.experiment_dir:
-            atomic_write_json(self.experiment_dir / "rl_metrics" / "rl_training_metrics.json",
+            atomic_write_json(self.experiment_dir / RL_METRICS_DIRNAME / RL_TRAINING_METRICS_FILE,
                               {"global_step": self.global_step, "history": self.history})
         return record
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
         state = {"agent_state_dict": self.agent.state_dict(), "optimizer_state_dict": self.optimizer.state_dict(),
-                 "global_step": self.global_step, "iteration": self.iteration, "config": dict(self.config),
+                 "global_step": self.global_step, "iteration": self.iteration, "config": self.config.to_dict(),
                  "entropy_schedule": self.entropy_schedule.state_dict() if self.entropy_schedule else None,
                  "history": self.history, **self.extra_state}
         if self.lagrange is not None:
@@ -316,7 +325,7 @@ class PPOTrainer:
         self.optimizer.load_state_dict(state["optimizer_state_dict"])
         self.global_step, self.iteration = state["global_step"], state.get("iteration", 0)
         self.history = state.get("history", {})
-        total = num_iterations or max(1, self.config["RL_TOTAL_TIMESTEPS"] // self.batch_size)
+        total = num_iterations or max(1, self.config.RL_TOTAL_TIMESTEPS // self.batch_size)
         self.entropy_schedule = make_entropy_schedule(self.config, total)
         if state.get("entropy_schedule"):
             self.entropy_schedule.load_state_dict(state["entropy_schedule"])

@@ -14,7 +14,11 @@ The dynamic gates never touch this scorer: it reads tokens only.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
+
+from plugins.tidal.Config import RLConfig
 
 COMPONENTS = ("quality", "repetition", "overlap")
 # Function words repeat in every good sentence; repeating them is not the failure the content penalty targets.
@@ -52,18 +56,15 @@ class RewardComputer:
     """`compute(history, lengths, prompt_lengths, token, group)` -> dict of (B,) components and their `total`."""
     components = COMPONENTS
 
-    def __init__(self, config: dict, judge, content_tokens: torch.Tensor):
+    def __init__(self, config: RLConfig | Mapping, judge, content_tokens: torch.Tensor):
+        config = RLConfig.of(config)
         self.judge = judge
         self.content_tokens = content_tokens
         self.vocab_size = int(content_tokens.shape[0])
-        self.clip = float(config["RL_QUALITY_CLIP"])
-        self.window = int(config["RL_REPETITION_WINDOW"])
-        self.ngram = int(config["RL_REPETITION_NGRAM"])
-        if not 2 <= self.ngram <= 3:
-            raise ValueError(f"RL_REPETITION_NGRAM must be 2 or 3, got {self.ngram}")
-        self.weights = {"quality": float(config["RL_REWARD_QUALITY_WEIGHT"]),
-                        "repetition": float(config["RL_REWARD_REPETITION_WEIGHT"]),
-                        "overlap": float(config["RL_REWARD_OVERLAP_WEIGHT"])}
+        self.clip = config.RL_QUALITY_CLIP
+        self.window = config.RL_REPETITION_WINDOW
+        self.ngram = config.RL_REPETITION_NGRAM  # 2 or 3
+        self.weights = config.reward_weights()  # by component; set_lagrangian_mode zeroes overlap
 
     def set_lagrangian_mode(self) -> None:
         """Overlap becomes a constraint handled by a Lagrange multiplier instead of a weighted term."""

@@ -21,13 +21,14 @@ EOT appended at the story's end, so it ends early there exactly as a sample that
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
+from core.errors import TidalError
+from plugins.tidal.Config import LMConfig
 from plugins.tidal.DataPipeline import BUILTIN_DATASET, EOT_TOKEN_ID, TinyTales, get_tokenizer, load_stories
-from plugins.tidal.Utils import TidalError
 
 _CHUNK = 256             # stories tokenized per batch
 _MAX_SCAN_FACTOR = 20    # builtin stream: give up after scanning this many stories per requested prompt
@@ -44,7 +45,7 @@ class PromptSet:
 class _PromptRegistry:
     """The accepted prompts, answering "would this prompt collide?" in O(len(prompt)) dictionary look-ups."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._owner: dict[tuple[int, ...], str] = {}            # accepted prompt -> its set
         self._prefix_sets: dict[tuple[int, ...], set[str]] = {}  # every prefix of an accepted prompt -> its sets
 
@@ -61,8 +62,8 @@ class _PromptRegistry:
             self._prefix_sets.setdefault(prompt[:j], set()).add(name)
 
 
-def build_prompt_sets(lm_config: dict, sizes: dict[str, int], min_len: int, max_len: int, continuation_len: int,
-                      seed: int) -> dict[str, PromptSet]:
+def build_prompt_sets(lm_config: LMConfig | Mapping, sizes: dict[str, int], min_len: int, max_len: int,
+                      continuation_len: int, seed: int) -> dict[str, PromptSet]:
     """Prompt sets {name: PromptSet} of exactly `sizes[name]` prompts each, from stories the LM did not train on,
     each story used at most once, no identical prompts and no prefix relation between sets. Deterministic in
     (lm_config's data source, sizes, lengths, seed). Raises TidalError when the source cannot supply them."""
@@ -70,6 +71,7 @@ def build_prompt_sets(lm_config: dict, sizes: dict[str, int], min_len: int, max_
         raise ValueError(f"need 1 <= min_len <= max_len, got {min_len}, {max_len}")
     if continuation_len < 1 or not sizes or min(sizes.values()) < 1:
         raise ValueError(f"need continuation_len >= 1 and every size >= 1, got {continuation_len}, {sizes}")
+    lm_config = LMConfig.of(lm_config)
     rng = np.random.default_rng(seed)
     names = list(sizes)
     sets = {name: PromptSet(name, [], [], []) for name in names}
@@ -99,19 +101,20 @@ def build_prompt_sets(lm_config: dict, sizes: dict[str, int], min_len: int, max_
                      "longer prompts (min_len/max_len) or a source with more held-out stories")
 
 
-def _source_name(lm_config: dict) -> str:
-    if lm_config["DATASET"] == BUILTIN_DATASET:
-        return f"tinytales (from index {int(lm_config['BUILTIN_NUM_STORIES'])})"
-    return f"validation-split ({lm_config['DATASET']})"
+def _source_name(lm_config: LMConfig) -> str:
+    if lm_config.DATASET == BUILTIN_DATASET:
+        return f"tinytales (from index {lm_config.BUILTIN_NUM_STORIES})"
+    return f"validation-split ({lm_config.DATASET})"
 
 
-def _story_stream(lm_config: dict, rng: np.random.Generator, max_stories: int) -> Iterator[tuple[int, list[int]]]:
+def _story_stream(lm_config: LMConfig, rng: np.random.Generator, max_stories: int) -> Iterator[tuple[int, list[int]]]:
     """(story id, story tokens) of held-out stories, each at most once, tokenized in chunks as they are needed."""
     encoder = get_tokenizer()
-    threads = int(lm_config.get("NUM_CPU_CORE_WORKERS") or 1)
-    if lm_config["DATASET"] == BUILTIN_DATASET:
-        tales = TinyTales(int(lm_config["SEED"]))
-        first = int(lm_config["BUILTIN_NUM_STORIES"])
+    threads = lm_config.NUM_CPU_CORE_WORKERS
+    fetch: Callable[[int], str]  # story id -> text
+    if lm_config.DATASET == BUILTIN_DATASET:
+        tales = TinyTales(lm_config.SEED)
+        first = lm_config.BUILTIN_NUM_STORIES
         order = range(first, first + max_stories)
         fetch = tales.story
     else:
@@ -120,4 +123,5 @@ def _story_stream(lm_config: dict, rng: np.random.Generator, max_stories: int) -
         fetch = stories.__getitem__
     for start in range(0, len(order), _CHUNK):
         chunk = list(order[start:start + _CHUNK])
-        yield from zip(chunk, encoder.encode_ordinary_batch([fetch(i) for i in chunk], num_threads=threads))
+        encoded = encoder.encode_ordinary_batch([fetch(i) for i in chunk], num_threads=threads)
+        yield from zip(chunk, encoded, strict=True)

@@ -10,15 +10,15 @@ Pattern: pure functions over token lists and per-prompt arrays (numpy; sacrebleu
 - `frontier_gap` is a paired bootstrap: each resample draws prompt indices once and reuses them for every point, so
   prompt difficulty, shared by all decoders, cancels in the gap. Resampled means are one matrix product of
   per-prompt values with (resamples × prompts) multiplicity weights; frontiers and interpolation are vectorised over
-  resamples (`_frontier_at`), which the scalar `pareto_frontier` / `interpolate` also use, so both agree by
-  construction.
+  resamples (`_frontier_at`), which the scalar `pareto_frontier` also uses, so both agree by construction.
 Text measures (precision, distinct-n, rep-n, self-BLEU) read the tokens before the first EOT; the judge's NLL also
 scores the EOT itself, since ending a story well is part of its quality.
 """
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sacrebleu.metrics.bleu import BLEU
@@ -78,12 +78,13 @@ def measure(prompts: Sequence[Sequence[int]], samples: Sequence[Sequence[Sequenc
     if len(prompts) != len(samples):
         raise ValueError(f"{len(prompts)} prompts but samples for {len(samples)}")
     cut = [[_before_eos(s, eos_id) for s in group] for group in samples]
-    scored = [(prompt, text + [eos_id] * ended) for prompt, group in zip(prompts, cut) for text, ended in group]
+    scored = [(prompt, text + [eos_id] * ended)
+              for prompt, group in zip(prompts, cut, strict=True) for text, ended in group]
     nll = iter([-lp.mean() if lp.size else np.nan for lp in judge.score_many(scored)])
     out: dict[str, list[float]] = {name: [] for name in
                                    ("judge_nll", f"prec_{precision_n}", "set_distinct_2", "rep_4", "length",
                                     "eot_rate")}
-    for prompt, group in zip(prompts, cut):
+    for prompt, group in zip(prompts, cut, strict=True):
         texts = [text for text, _ in group]
         out["judge_nll"].append(_nanmean([next(nll) for _ in group]))
         out[f"prec_{precision_n}"].append(_nanmean([judge.precision(t, precision_n, prompt) for t in texts]))
@@ -185,7 +186,7 @@ def _frontier_at(diversity: np.ndarray, quality: np.ndarray, at: np.ndarray, ext
 
 def _as_rows(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
     """(1, m) diversity and quality arrays of (diversity, quality) points."""
-    d, q = (np.asarray(column, dtype=np.float64)[None, :] for column in zip(*points))
+    d, q = (np.asarray(column, dtype=np.float64)[None, :] for column in zip(*points, strict=True))
     return d, q
 
 
@@ -195,15 +196,7 @@ def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, 
     if not points:
         return []
     d, q, on_frontier = _sorted_frontier(*_as_rows(points))
-    return [(float(x), float(y)) for x, y in zip(d[on_frontier], q[on_frontier])]
-
-
-def interpolate(frontier: Sequence[tuple[float, float]], diversity: float) -> float | None:
-    """The frontier's quality at `diversity`, linear between its points; None outside its diversity range."""
-    if not frontier:
-        return None
-    value = _frontier_at(*_as_rows(frontier), np.array([float(diversity)]))[0]
-    return None if np.isnan(value) else float(value)
+    return [(float(x), float(y)) for x, y in zip(d[on_frontier], q[on_frontier], strict=True)]
 
 
 # =============================================================================================== bootstrap
@@ -269,7 +262,7 @@ def frontier_gap(learned: dict[str, np.ndarray], families: dict[str, list[dict[s
     at = mean_d[:, 0]
     bounds = np.cumsum([1] + [len(families[name]) for name in names])
     per_family = np.stack([_frontier_at(mean_d[:, lo:hi], mean_q[:, lo:hi], at, extend=True)  # (1 + S, F)
-                           for lo, hi in zip(bounds[:-1], bounds[1:])], axis=1)
+                           for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)], axis=1)
     # every family must reach the learned diversity: one whose least diverse frontier point is still more diverse
     # might do better down there (its grid stops short), so a point (or resample) below any family's range is not
     # scored at all, rather than scored against the families that happen to reach it
@@ -277,12 +270,13 @@ def frontier_gap(learned: dict[str, np.ndarray], families: dict[str, list[dict[s
     best = np.where(reached, np.nanmax(np.where(np.isnan(per_family), -np.inf, per_family), axis=1), np.nan)
     gaps = mean_q[:, 0] - best
     outside_share = float(np.isnan(gaps[1:]).mean())
-    result = {"gap": None, "ci": None, "best_family": None, "at_diversity": float(at[0]),
-              "learned_quality": float(mean_q[0, 0]), "outside_share": outside_share,
-              "per_family": {name: None if np.isnan(v) else float(mean_q[0, 0] - v)
-                             for name, v in zip(names, per_family[0])},
-              "short_families": [name for name, v in zip(names, per_family[0]) if np.isnan(v)],
-              "verdict": VERDICTS[3]}
+    result: dict[str, Any] = {
+        "gap": None, "ci": None, "best_family": None, "at_diversity": float(at[0]),
+        "learned_quality": float(mean_q[0, 0]), "outside_share": outside_share,
+        "per_family": {name: None if np.isnan(v) else float(mean_q[0, 0] - v)
+                       for name, v in zip(names, per_family[0], strict=True)},
+        "short_families": [name for name, v in zip(names, per_family[0], strict=True) if np.isnan(v)],
+        "verdict": VERDICTS[3]}
     if np.isnan(gaps[0]) or outside_share > 1.0 - level:
         return result
     low, high = _percentile_ci(gaps[1:][~np.isnan(gaps[1:])], level)

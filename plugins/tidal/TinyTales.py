@@ -8,8 +8,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 # Stories are assembled from a plot (a list of stages, each with several phrasings), characters, a place and an
 # object; every template is a complete English sentence with named slots.
@@ -526,8 +526,6 @@ class TinyTales:
 
     VERSION = 1  # bump when templates change, so token caches built from older stories are not reused
     MIN_WORDS = 100
-    NAMES = _GIRLS + _BOYS + _PET_NAMES
-    PLACES = tuple(_PLACES)
 
     def __init__(self, seed: int):
         self.seed = int(seed)

@@ -11,16 +11,19 @@ import itertools
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
+from core.errors import TidalError
+from core.io import atomic_path, atomic_write_json
+from plugins.tidal.Config import LMConfig
 from plugins.tidal.DataSources import BUILTIN_DATASET
 from plugins.tidal.TinyTales import TinyTales
 from plugins.tidal.Tokenizer import EOT_TOKEN_ID, TOKENIZER_SHA256, get_tokenizer
-from plugins.tidal.Utils import TidalError, atomic_path, atomic_write_json, resolve_project_path
+from plugins.tidal.Utils import resolve_project_path
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +32,11 @@ _CACHE_DTYPE = "uint16"      # GPT-2 ids < 65,536 (ADR 0003)
 _TOKENIZE_BATCH = 2048       # stories per encode_ordinary_batch call: enough to keep every thread busy
 
 
-def _source_identity(config: dict) -> dict:
-    name = str(config["DATASET"])
+def _source_identity(config: LMConfig) -> dict:
+    name = config.DATASET
     if name == BUILTIN_DATASET:
         return {"builtin": "tinytales", "version": TinyTales.VERSION,
-                "num_stories": int(config["BUILTIN_NUM_STORIES"])}
+                "num_stories": config.BUILTIN_NUM_STORIES}
     path = resolve_project_path(name)
     if not path.exists():
         return {"hub": name}
@@ -43,15 +46,15 @@ def _source_identity(config: dict) -> dict:
             "mtime_ns": max((s.st_mtime_ns for s in stats), default=0)}
 
 
-def _cache_key(config: dict, split: str) -> dict:
+def _cache_key(config: LMConfig, split: str) -> dict:
     """Everything that decides the split's token stream; MAX_CONTEXT_LENGTH is not in it (chunking is a view)."""
     return {"format_version": CACHE_FORMAT_VERSION, "dtype": _CACHE_DTYPE, "tokenizer_sha256": TOKENIZER_SHA256,
-            "source": _source_identity(config), "split": split, "max_stories": config.get("MAX_STORIES"),
-            "validation_split_ratio": float(config["VALIDATION_SPLIT_RATIO"]), "seed": int(config["SEED"])}
+            "source": _source_identity(config), "split": split, "max_stories": config.MAX_STORIES,
+            "validation_split_ratio": config.VALIDATION_SPLIT_RATIO, "seed": config.SEED}
 
 
-def _cache_file_name(config: dict, split: str, key: dict) -> str:
-    name = str(config["DATASET"])
+def _cache_file_name(config: LMConfig, split: str, key: dict) -> str:
+    name = config.DATASET
     stem = "tinytales" if name == BUILTIN_DATASET else Path(name).stem or name
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.")[:40] or "dataset"
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

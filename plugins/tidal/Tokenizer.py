@@ -9,12 +9,13 @@ import base64
 import functools
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import tiktoken
 
-from plugins.tidal.Utils import PLUGIN_DIR, TidalError
+from core.errors import TidalError
+from plugins.tidal.Utils import PLUGIN_DIR
 
 EOT_TOKEN_ID = 50256
 VOCAB_SIZE = 50257
@@ -29,7 +30,7 @@ def get_tokenizer(path: str | os.PathLike | None = None) -> tiktoken.Encoding:
     return _load_tokenizer(str(Path(path or TOKENIZER_PATH).resolve()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_tokenizer(path: str) -> tiktoken.Encoding:
     try:
         data = Path(path).read_bytes()

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +19,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from core.errors import TidalError
+from core.io import atomic_torch_save
+from plugins.tidal.Config import LMConfig
 from plugins.tidal.DataPipeline import TokenDataset
 from plugins.tidal.DynamicLRScheduler import DynamicLRScheduler
 from plugins.tidal.Evaluator import validation_loss
 from plugins.tidal.TransformerLM import TransformerLM, count_parameters, load_model_weights, model_state_dict
-from plugins.tidal.Utils import TidalError, atomic_torch_save, setup_logger
+from plugins.tidal.Utils import setup_logger
 
 TRAINING_STATE = "training_state.pth"
 STATE_FORMAT = 1
@@ -76,9 +80,9 @@ def resolve_amp(name: str, device: torch.device) -> tuple[torch.dtype, bool]:
     raise TidalError(f"AMP_DTYPE must be one of auto, bf16, fp16, fp32; got {name!r}")
 
 
-def flops_per_token(config: dict, n_params: int) -> float:
+def flops_per_token(config: LMConfig, n_params: int) -> float:
     """Training FLOPs per token, PaLM appendix B: 6N for the weights + 12·L·T·E for attention scores/values."""
-    return 6 * n_params + 12 * config["NUM_TRANSFORMER_BLOCKS"] * config["MAX_CONTEXT_LENGTH"] * config["EMBED_DIM"]
+    return 6 * n_params + 12 * config.NUM_TRANSFORMER_BLOCKS * config.MAX_CONTEXT_LENGTH * config.EMBED_DIM
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -123,9 +127,9 @@ class Trainer:
     """Trains `TransformerLM` on `TokenDataset` splits. `request_stop("complete" | "terminate")` is safe to call from a
     signal handler: the current optimizer step finishes, then a checkpoint is written."""
 
-    def __init__(self, config: dict, experiment_dir: str | Path, device: torch.device, metrics_logger=None,
-                 max_steps: int | None = None, dist_ctx: DistContext | None = None):
-        self.config = config
+    def __init__(self, config: LMConfig | Mapping, experiment_dir: str | Path, device: torch.device,
+                 metrics_logger=None, max_steps: int | None = None, dist_ctx: DistContext | None = None):
+        self.config = config = LMConfig.of(config)
         self.experiment_dir = Path(experiment_dir)
         self.device = device
         self.metrics = metrics_logger
@@ -133,41 +137,43 @@ class Trainer:
         self.dist = dist_ctx or DistContext()
         self.logger = setup_logger("tidal.trainer", self.experiment_dir / "training.log" if self.dist.is_main else None)
         self.stop_request: str | None = None
-        self.amp_dtype, use_scaler = resolve_amp(config["AMP_DTYPE"], device)
+        self.amp_dtype, use_scaler = resolve_amp(config.AMP_DTYPE, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-        world_batch = config["BATCH_SIZE"] * self.dist.world_size
-        if config["DESIRED_BATCH_SIZE"] % world_batch:
-            raise TidalError(f"DESIRED_BATCH_SIZE ({config['DESIRED_BATCH_SIZE']}) must be divisible by BATCH_SIZE "
-                             f"({config['BATCH_SIZE']}) x processes ({self.dist.world_size})")
-        self.accumulation = config["DESIRED_BATCH_SIZE"] // world_batch
+        world_batch = config.BATCH_SIZE * self.dist.world_size
+        if config.DESIRED_BATCH_SIZE % world_batch:
+            raise TidalError(f"DESIRED_BATCH_SIZE ({config.DESIRED_BATCH_SIZE}) must be divisible by BATCH_SIZE "
+                             f"({config.BATCH_SIZE}) x processes ({self.dist.world_size})")
+        self.accumulation = config.DESIRED_BATCH_SIZE // world_batch
 
     # ---------------------------------------------------------------------------------------------- set-up
     def request_stop(self, kind: str) -> None:
         self.stop_request = self.stop_request or kind
 
     def _build(self) -> None:
-        torch.manual_seed(self.config["SEED"])  # all randomness in training (init, dropout) comes from torch
+        torch.manual_seed(self.config.SEED)  # all randomness in training (init, dropout) comes from torch
         torch.set_flush_denormal(True)  # x86: tiny gradients/Adam moments become 0 instead of slow denormals (ADR 0012)
-        self.raw_model = TransformerLM(self.config["VOCAB_SIZE"], self.config).to(self.device)
+        self.raw_model = TransformerLM(self.config.VOCAB_SIZE, self.config).to(self.device)
         # The LM phase trains the ungated path (gate_signals=None); the DynamicGates are trained only by the RL
         # trainer. Frozen before DDP wraps the model, they stay out of its gradient reduction (which rejects
         # parameters that receive no gradient).
         for name, p in self.raw_model.named_parameters():
             p.requires_grad_("_gate." not in name)
-        self.model = self.raw_model
+        self.model: torch.nn.Module = self.raw_model  # what the steps call: DDP-wrapped and/or compiled below
+        self._ddp: torch.nn.parallel.DistributedDataParallel | None = None
         if self.dist.enabled:
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.raw_model, device_ids=ids)
-        if self.config["TORCH_COMPILE"]:
+            self.model = self._ddp = torch.nn.parallel.DistributedDataParallel(self.raw_model, device_ids=ids)
+        if self.config.TORCH_COMPILE:
             self.model = self._compile(self.model)
         trainable = [p for p in self.raw_model.parameters() if p.requires_grad]
-        lr = self.config["LEARNING_RATE_SCHEDULER"]["BASE_LR"]
+        lr = self.config.LEARNING_RATE_SCHEDULER.BASE_LR
         self.optimizer = torch.optim.AdamW(
-            [{"params": [p for p in trainable if p.dim() >= 2], "weight_decay": self.config["WEIGHT_DECAY"]},
+            [{"params": [p for p in trainable if p.dim() >= 2], "weight_decay": self.config.WEIGHT_DECAY},
              {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}],  # no decay on biases/norms
             # fused on CUDA only: torch 2.13's fused CPU AdamW trained the test model to a validation loss of 7.85
             # instead of 5.22 over the same epoch (ADR 0016), so the CPU keeps the foreach implementation
-            lr=lr, betas=tuple(self.config["ADAM_BETAS"]), fused=self.device.type == "cuda")
+            lr=lr, betas=(self.config.ADAM_BETAS[0], self.config.ADAM_BETAS[1]),  # (LMConfig checks there are 2)
+            fused=self.device.type == "cuda")
         self.n_params = count_parameters(self.raw_model)
 
     def _compile(self, model):
@@ -184,17 +190,18 @@ class Trainer:
         self.val_data = TokenDataset(self.config, "validation", progress=self.dist.is_main)
         if self.dist.enabled and self.dist.is_main:
             dist.barrier()
-        micro_per_epoch = len(self.train_data) // (self.config["BATCH_SIZE"] * self.dist.world_size)
+        micro_per_epoch = len(self.train_data) // (self.config.BATCH_SIZE * self.dist.world_size)
         self.steps_per_epoch = micro_per_epoch // self.accumulation
         if self.steps_per_epoch == 0:
-            raise TidalError(f"the training split has {len(self.train_data)} sequences of {self.config['MAX_CONTEXT_LENGTH']} "
-                             f"tokens, fewer than one optimizer step of {self.config['DESIRED_BATCH_SIZE']}; "
+            raise TidalError(f"the training split has {len(self.train_data)} sequences of "
+                             f"{self.config.MAX_CONTEXT_LENGTH} tokens, fewer than one optimizer step of "
+                             f"{self.config.DESIRED_BATCH_SIZE}; "
                              "use a larger dataset or a smaller DESIRED_BATCH_SIZE")
         self.total_steps = self._horizon()
 
     def _horizon(self) -> int:
         """Optimizer steps this run trains for: NUM_EPOCHS epochs, cut at max_steps when one is set."""
-        total = self.config["NUM_EPOCHS"] * self.steps_per_epoch
+        total = self.config.NUM_EPOCHS * self.steps_per_epoch
         return min(total, self.max_steps) if self.max_steps else total
 
     # ---------------------------------------------------------------------------------------------- the loop
@@ -203,7 +210,7 @@ class Trainer:
         self._build()
         self._load_data()
         self.scheduler = DynamicLRScheduler(self.optimizer, self.config, self.total_steps)
-        self.early_stopping = EarlyStopping(self.config["PATIENCE"], self.config["MIN_DELTA"])
+        self.early_stopping = EarlyStopping(self.config.PATIENCE, self.config.MIN_DELTA)
         self.epoch, self.step_in_epoch, self.global_step, self.tokens_seen = 0, 0, 0, 0
         if resume_from is not None:
             self._restore(Path(resume_from))
@@ -216,21 +223,22 @@ class Trainer:
         if outcome == "terminate":
             self._save_state()
             return None
-        final = self.experiment_dir / f"{self.config['MODEL_NAME']}_v{self.config['MODEL_VERSION']}.pth"
+        final = self.experiment_dir / f"{self.config.MODEL_NAME}_v{self.config.MODEL_VERSION}.pth"
         self._save_state()
         if self.dist.is_main:
             atomic_torch_save(model_state_dict(self.raw_model), final)
-            self.logger.info("training finished (%s) after %d steps; final model %s", outcome, self.global_step, final.name)
+            self.logger.info("training finished (%s) after %d steps; final model %s", outcome, self.global_step,
+                             final.name)
         return final
 
     def _train_loop(self) -> str:
-        tokens_per_step = self.config["DESIRED_BATCH_SIZE"] * self.config["MAX_CONTEXT_LENGTH"]
+        tokens_per_step = self.config.DESIRED_BATCH_SIZE * self.config.MAX_CONTEXT_LENGTH
         bar = tqdm(total=self.total_steps, initial=self.global_step, unit="step", dynamic_ncols=True, file=sys.stderr,
                    disable=not self.dist.is_main or not sys.stderr.isatty(), desc="LM training")
         window_start, window_steps = time.perf_counter(), 0
         try:
-            while self.epoch < self.config["NUM_EPOCHS"]:
-                order = epoch_order(len(self.train_data), self.config["SEED"], self.epoch)
+            while self.epoch < self.config.NUM_EPOCHS:
+                order = epoch_order(len(self.train_data), self.config.SEED, self.epoch)
                 while self.step_in_epoch < self.steps_per_epoch and self.global_step < self.total_steps:
                     loss = self._optimizer_step(order)
                     self.global_step += 1
@@ -238,14 +246,14 @@ class Trainer:
                     self.tokens_seen += tokens_per_step
                     window_steps += 1
                     bar.update(1)
-                    if self.global_step % self.config["LOG_INTERVAL"] == 0 or self.global_step == self.total_steps:
+                    if self.global_step % self.config.LOG_INTERVAL == 0 or self.global_step == self.total_steps:
                         elapsed = time.perf_counter() - window_start
                         self._log_train(loss, window_steps / elapsed, tokens_per_step * window_steps / elapsed, bar)
                         window_start, window_steps = time.perf_counter(), 0
                     end_of_epoch = self.step_in_epoch == self.steps_per_epoch
-                    if self.global_step % self.config["EVAL_INTERVAL"] == 0 and not end_of_epoch:
-                        self._validate(self.config["EVAL_MAX_BATCHES"])
-                    if self.config["CHECKPOINT_INTERVAL"] and self.global_step % self.config["CHECKPOINT_INTERVAL"] == 0:
+                    if self.global_step % self.config.EVAL_INTERVAL == 0 and not end_of_epoch:
+                        self._validate(self.config.EVAL_MAX_BATCHES)
+                    if self.config.CHECKPOINT_INTERVAL and self.global_step % self.config.CHECKPOINT_INTERVAL == 0:
                         self._save_state()
                     stop = self._agreed_stop()
                     if stop or self.early_stopping.should_stop:
@@ -260,7 +268,7 @@ class Trainer:
             bar.close()
 
     def _optimizer_step(self, order: torch.Tensor) -> float:
-        B, world = self.config["BATCH_SIZE"], self.dist.world_size
+        B, world = self.config.BATCH_SIZE, self.dist.world_size
         first = self.step_in_epoch * self.accumulation
         losses = torch.zeros((), device=self.device)
         for micro in range(self.accumulation):
@@ -269,13 +277,13 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             last = micro == self.accumulation - 1
             # DDP all-reduces gradients only on the last micro-batch of the step.
-            with self.model.no_sync() if self.dist.enabled and not last else contextlib.nullcontext():
+            with self._ddp.no_sync() if self._ddp is not None and not last else contextlib.nullcontext():
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
-                    _, loss = self.model(x, target_ids=y)
+                    loss = self.model(x, target_ids=y).loss
                 self.scaler.scale(loss / self.accumulation).backward()
             losses += loss.detach()
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.config["MAX_GRAD_NORM"])
+        torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.config.MAX_GRAD_NORM)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -296,18 +304,18 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- validation, logging
     def _validate(self, max_batches: int | None) -> float:
-        result = validation_loss(self.model, self.val_data, self.config["EVAL_BATCH_SIZE"], self.device, max_batches,
+        result = validation_loss(self.model, self.val_data, self.config.EVAL_BATCH_SIZE, self.device, max_batches,
                                  self.amp_dtype, self.dist.rank, self.dist.world_size)
         improved = self.early_stopping.step(result["loss"])
         if self.dist.is_main:
             self._log({"Losses/Validation": result["loss"], "Perplexity/Validation": math.exp(min(result["loss"], 50))})
             self.logger.info("step %d/%d | validation loss %.4f%s", self.global_step, self.total_steps, result["loss"],
                              " (best)" if improved else f" (no improvement {self.early_stopping.bad_evaluations}/"
-                                                         f"{self.config['PATIENCE']})")
+                                                         f"{self.config.PATIENCE})")
         return result["loss"]
 
     def _end_epoch(self) -> None:
-        self._validate(self.config["EVAL_MAX_BATCHES"])
+        self._validate(self.config.EVAL_MAX_BATCHES)
         self.epoch += 1
         self.step_in_epoch = 0
         if self.dist.is_main:

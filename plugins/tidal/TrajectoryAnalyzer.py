@@ -1,4 +1,4 @@
-"""Statistics of modulation trajectories (SPEC §7), standard library only, so the dashboard and the inference
+"""Statistics of modulation trajectories (ADR 0005), standard library only, so the dashboard and the inference
 server can use it without torch.
 
 A trajectory is the lightweight format the generator and the server return:
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 NUM_WINDOWS = 4
 PHASE_CHANGE_T = 2.0  # |Welch t| above this between consecutive windows marks a phase change
@@ -122,7 +122,7 @@ def cross_prompt_variance(trajectories_by_prompt: Sequence[Sequence[Mapping]], b
     ci95 = None
     if bootstrap > 0:
         rng = random.Random(seed)
-        samples = {"between": [], "within": [], "ratio": []}
+        samples: dict[str, list[float]] = {"between": [], "within": [], "ratio": []}
         for _ in range(bootstrap):
             b, w = _decompose([rng.choice(groups) for _ in groups])
             samples["between"].append(b)
@@ -144,7 +144,8 @@ def sweep_text_properties(texts_by_m: Mapping[float, Sequence[str]]) -> dict:
     """Per m, the mean over its texts of: word count, unique-word ratio, and characters."""
     result = {}
     for m, texts in texts_by_m.items():
-        word_counts, unique_ratios, characters = zip(*[_text_properties(t) for t in texts] or [(0, 0.0, 0)])
+        properties = [_text_properties(t) for t in texts] or [(0, 0.0, 0)]
+        word_counts, unique_ratios, characters = zip(*properties, strict=True)
         result[m] = {"word_count": statistics.fmean(word_counts),
                      "unique_token_ratio": statistics.fmean(unique_ratios),
                      "characters": statistics.fmean(characters)}

@@ -8,13 +8,17 @@ Shapes: B batch, T new tokens, C cache capacity, E embedding, nh heads, hs head 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple, cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core.errors import TidalError, describe_exception
+from plugins.tidal.Config import LMConfig
 from plugins.tidal.Decoding import Decoder, DecodeStep, PlainDecoder, sample_tokens
-from plugins.tidal.Utils import TidalError, describe_exception
 
 GateSignals = torch.Tensor | None
 
@@ -62,12 +66,13 @@ class KVCache:
     def batch_size(self) -> int:
         return self.key_pos.shape[0]
 
-    def advance(self, T: int, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def advance(self, T: int, valid: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor | slice, torch.Tensor | None]:
         """Reserve slots for T new tokens per row. Returns positions (B|1, T), where to write (slots (B, T), or a
         slice of slots shared by every row) and the attention mask (B, 1, T|1, C), or None for "causal over what
         `write` returns"."""
         if self.aligned is not None and valid is None and (T == 1 or self.aligned == 0) and T <= self.capacity:
-            return self._advance_aligned(T)
+            return self._advance_aligned(self.aligned, T)
         if T == 1 and valid is None:  # rows that are not aligned
             return self._advance_one()
         if T > 1 and bool((self.next_pos + T > self.capacity).any()) and bool((self.next_pos > 0).any()):
@@ -86,13 +91,14 @@ class KVCache:
         allowed |= torch.arange(self.capacity, device=slots.device) == slots.unsqueeze(-1)
         return positions, slots, allowed.unsqueeze(1)
 
-    def _advance_aligned(self, T: int) -> tuple[torch.Tensor, slice, None]:
-        positions = torch.arange(self.aligned, self.aligned + T, device=self.next_pos.device).unsqueeze(0)  # (1, T)
-        start = self.aligned % self.capacity
+    def _advance_aligned(self, aligned: int, T: int) -> tuple[torch.Tensor, slice, None]:
+        """`advance` while aligned; `aligned` is `self.aligned`, the rows' common position."""
+        positions = torch.arange(aligned, aligned + T, device=self.next_pos.device).unsqueeze(0)  # (1, T)
+        start = aligned % self.capacity
         where = slice(start, start + T)  # T > 1 only from empty, and one token never straddles the ring's end
         self.key_pos[:, where] = positions
         self.next_pos += T
-        self.aligned += T
+        self.aligned = aligned + T
         self.filled = min(self.aligned, self.capacity)
         return positions, where, None
 
@@ -120,7 +126,7 @@ class KVCache:
         self.v[layer].scatter_(2, index, v.detach().to(self.v[layer].dtype))
         return self.k[layer], self.v[layer]
 
-    def replace_rows(self, rows: torch.Tensor, other: "KVCache") -> None:
+    def replace_rows(self, rows: torch.Tensor, other: KVCache) -> None:
         """Overwrite `rows` of this cache with the rows of `other` (same capacity), e.g. a freshly prefilled prompt."""
         if other.capacity != self.capacity:
             raise ValueError("caches must have the same capacity")
@@ -191,7 +197,8 @@ class PackedLinear(nn.Linear):
 
 
 class DynamicGate(nn.Module):
-    """Maps the modulation signal to a per-dimension scale in (0, 1): Linear(G->32) -> GELU -> Linear(32->E) -> sigmoid."""
+    """Maps the modulation signal to a per-dimension scale in (0, 1):
+    Linear(G->32) -> GELU -> Linear(32->E) -> sigmoid."""
 
     def __init__(self, gate_dim: int, embed_dim: int, hidden_dim: int, init_bias: float):
         super().__init__()
@@ -199,9 +206,10 @@ class DynamicGate(nn.Module):
         self.init_bias = init_bias
 
     def reset_parameters(self) -> None:
-        self.net[0].reset_parameters()
-        nn.init.zeros_(self.net[2].weight)  # the gate starts independent of the signal ...
-        nn.init.constant_(self.net[2].bias, self.init_bias)  # ... at sigmoid(2) = 0.88 everywhere
+        first, last = cast(nn.Linear, self.net[0]), cast(nn.Linear, self.net[2])
+        first.reset_parameters()
+        nn.init.zeros_(last.weight)  # the gate starts independent of the signal ...
+        nn.init.constant_(last.bias, self.init_bias)  # ... at sigmoid(2) = 0.88 everywhere
 
     def forward(self, gate_signals: torch.Tensor) -> torch.Tensor:
         scale = torch.sigmoid(self.net(gate_signals))  # (B, E) or (B, T, E)
@@ -209,20 +217,20 @@ class DynamicGate(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: dict):
+    def __init__(self, config: LMConfig):
         super().__init__()
-        self.embed_dim = config["EMBED_DIM"]
-        self.num_heads = config["NUM_ATTENTION_HEADS"]
+        self.embed_dim = config.EMBED_DIM
+        self.num_heads = config.NUM_ATTENTION_HEADS
         if self.embed_dim % self.num_heads:
             raise ValueError("EMBED_DIM must be divisible by NUM_ATTENTION_HEADS")
         self.head_size = self.embed_dim // self.num_heads
-        packing = config["INFERENCE_WEIGHTS"]
+        packing = config.INFERENCE_WEIGHTS
         self.qkv = PackedLinear(self.embed_dim, 3 * self.embed_dim, packing)
         self.proj = PackedLinear(self.embed_dim, self.embed_dim, packing)
-        self.dropout = config["DROPOUT"]
+        self.dropout = config.DROPOUT
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                slots: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+                slots: torch.Tensor | slice | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, E = x.shape
         nh, hs = self.num_heads, self.head_size
         qkv = self.qkv(x)                                                       # (B, T, 3E)
@@ -233,6 +241,7 @@ class CausalSelfAttention(nn.Module):
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
+            assert slots is not None, "a KV cache needs the slots its advance() returned"
             k, v = cache.write(layer, k, v, slots)  # (B, nh, C, hs), or (B, nh, filled, hs) with no mask
             y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, dropout_p=dropout,
                                                is_causal=mask is None and T > 1)
@@ -241,10 +250,10 @@ class CausalSelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, config: dict):
+    def __init__(self, config: LMConfig):
         super().__init__()
-        self.up = PackedLinear(config["EMBED_DIM"], config["FFN_HIDDEN_DIM"], config["INFERENCE_WEIGHTS"])
-        self.down = PackedLinear(config["FFN_HIDDEN_DIM"], config["EMBED_DIM"], config["INFERENCE_WEIGHTS"])
+        self.up = PackedLinear(config.EMBED_DIM, config.FFN_HIDDEN_DIM, config.INFERENCE_WEIGHTS)
+        self.down = PackedLinear(config.FFN_HIDDEN_DIM, config.EMBED_DIM, config.INFERENCE_WEIGHTS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(F.gelu(self.up(x)))
@@ -253,20 +262,20 @@ class FeedForward(nn.Module):
 class GatedTransformerBlock(nn.Module):
     """Pre-norm block; the attention and FFN outputs are each scaled by a DynamicGate before the residual add."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: LMConfig):
         super().__init__()
-        E = config["EMBED_DIM"]
+        E = config.EMBED_DIM
         self.ln1 = nn.LayerNorm(E)
         self.attn = CausalSelfAttention(config)
         self.ln2 = nn.LayerNorm(E)
         self.ffn = FeedForward(config)
-        gate = (config["GATE_DIM"], E, config["GATE_HIDDEN_DIM"], config["GATE_INIT_BIAS"])
+        gate = (config.GATE_DIM, E, config.GATE_HIDDEN_DIM, config.GATE_INIT_BIAS)
         self.attn_gate = DynamicGate(*gate)
         self.ffn_gate = DynamicGate(*gate)
-        self.dropout = nn.Dropout(config["DROPOUT"])
+        self.dropout = nn.Dropout(config.DROPOUT)
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, gate_signals: GateSignals = None,
-                cache: KVCache | None = None, layer: int = 0, slots: torch.Tensor | None = None,
+                cache: KVCache | None = None, layer: int = 0, slots: torch.Tensor | slice | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         a = self.attn(self.ln1(x), freqs, cache, layer, slots, mask)
         if gate_signals is not None:  # None skips the multiply: bit-identical to an ungated model
@@ -278,35 +287,46 @@ class GatedTransformerBlock(nn.Module):
         return x + self.dropout(f)
 
 
+class LMOutput(NamedTuple):
+    """What `TransformerLM.forward` returns; what the call did not ask for is None."""
+    logits: torch.Tensor                 # (B, T, V), or (B, 1, V) with last_only
+    loss: torch.Tensor | None = None     # mean cross-entropy over the targets, with target_ids
+    cache: KVCache | None = None         # the KV cache to continue from, with use_cache
+    hidden: torch.Tensor | None = None   # final-LayerNorm hidden states (B, T | 1, E), with return_hidden
+
+
 class TransformerLM(nn.Module):
     EOS_CHECK_INTERVAL = 8  # generate() checks for "every row finished" every this many tokens
+    inv_freq: torch.Tensor  # a non-persistent buffer (registered in __init__)
 
-    def __init__(self, vocab_size: int, config: dict):
+    def __init__(self, vocab_size: int, config: LMConfig | Mapping):
         super().__init__()
-        self.config = config
+        self.config = config = LMConfig.of(config)
         self.vocab_size = vocab_size
-        self.max_context_length = config["MAX_CONTEXT_LENGTH"]
-        self.gate_dim = config["GATE_DIM"]
-        E = config["EMBED_DIM"]
+        self.max_context_length = config.MAX_CONTEXT_LENGTH
+        self.gate_dim = config.GATE_DIM
+        E = config.EMBED_DIM
         self.token_embeddings = nn.Embedding(vocab_size, E)
-        self.embedding_dropout = nn.Dropout(config["DROPOUT"])
-        self.transformer_blocks = nn.ModuleList(GatedTransformerBlock(config) for _ in range(config["NUM_TRANSFORMER_BLOCKS"]))
+        self.embedding_dropout = nn.Dropout(config.DROPOUT)
+        self.transformer_blocks = nn.ModuleList(GatedTransformerBlock(config)
+                                                for _ in range(config.NUM_TRANSFORMER_BLOCKS))
         self.final_layer_norm = nn.LayerNorm(E)
-        self.output_projection = PackedLinear(E, vocab_size, config["INFERENCE_WEIGHTS"])  # untied (SPEC §3)
-        hs = E // config["NUM_ATTENTION_HEADS"]
-        inv_freq = 1.0 / (config["ROPE_THETA"] ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
+        self.output_projection = PackedLinear(E, vocab_size, config.INFERENCE_WEIGHTS)  # untied (ADR 0002)
+        hs = E // config.NUM_ATTENTION_HEADS
+        inv_freq = 1.0 / (config.ROPE_THETA ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # derived, so not part of checkpoints
         self._init_weights()
 
     def _init_weights(self) -> None:
-        std = self.config["INIT_STD"]
+        std = self.config.INIT_STD
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+                bias = getattr(module, "bias", None)  # an Embedding has none
+                if bias is not None:
+                    nn.init.zeros_(bias)
         # GPT-2: residual projections scaled by 1/sqrt(2 * layers) so the residual stream's variance stays put.
-        for block in self.transformer_blocks:
+        for block in cast("Iterable[GatedTransformerBlock]", self.transformer_blocks):
             for proj in (block.attn.proj, block.ffn.down):
                 nn.init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * len(self.transformer_blocks)))
             block.attn_gate.reset_parameters()
@@ -327,11 +347,11 @@ class TransformerLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor | None = None,
                 gate_signals: GateSignals = None, past_key_values: KVCache | None = None, use_cache: bool = False,
                 return_hidden: bool = False, attention_mask: torch.Tensor | None = None,
-                cache_capacity: int | None = None, last_only: bool = False):
-        """Returns logits (B, T, V), then in order: loss (if target_ids), the KVCache (if use_cache), the final-LayerNorm
-        hidden states (B, T, E) (if return_hidden). `attention_mask` (B, T) marks real (True) vs padding tokens.
-        `last_only` keeps the last position only (logits and hidden (B, 1, ·)): a prefill then skips T − 1 rows of
-        the vocabulary-wide output projection, its largest matmul."""
+                cache_capacity: int | None = None, last_only: bool = False) -> LMOutput:
+        """Returns an LMOutput: logits (B, T, V), and the loss (with target_ids), the KVCache (with use_cache) and the
+        final-LayerNorm hidden states (B, T, E) (with return_hidden), None when not asked for. `attention_mask` (B, T)
+        marks real (True) vs padding tokens. `last_only` keeps the last position only (logits and hidden (B, 1, ·)): a
+        prefill then skips T − 1 rows of the vocabulary-wide output projection, its largest matmul."""
         B, T = input_ids.shape
         gate_signals = self._check_gate_signals(gate_signals, B, T)
         x = self.embedding_dropout(self.token_embeddings(input_ids))  # (B, T, E)
@@ -349,25 +369,21 @@ class TransformerLM(nn.Module):
             x = block(x, freqs, gate_signals, cache, layer, slots, mask)
         hidden = self.final_layer_norm(x[:, -1:] if last_only else x)
         logits = self.output_projection(hidden)  # (B, T | 1, V)
-        out = [logits]
+        loss = None
         if target_ids is not None:
-            out.append(F.cross_entropy(logits.view(-1, logits.size(-1)).float(), target_ids.reshape(-1), ignore_index=-100))
-        if use_cache:
-            out.append(cache)
-        if return_hidden:
-            out.append(hidden)
-        return out[0] if len(out) == 1 else tuple(out)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), target_ids.reshape(-1), ignore_index=-100)
+        return LMOutput(logits, loss, cache if use_cache else None, hidden if return_hidden else None)
 
     def new_cache(self, batch: int, capacity: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         if capacity > self.max_context_length:
             raise ValueError(f"cache capacity {capacity} exceeds MAX_CONTEXT_LENGTH {self.max_context_length}")
-        attn = self.transformer_blocks[0].attn
+        attn = cast(GatedTransformerBlock, self.transformer_blocks[0]).attn
         return KVCache(len(self.transformer_blocks), batch, attn.num_heads, capacity, attn.head_size, device, dtype)
 
     @torch.inference_mode()
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int, temperature=1.0, top_k=0, top_p=1.0,
                  repetition_penalty=1.0, min_p=0.0, decoder: Decoder | None = None,
-                 controller: "GenerationController | None" = None, gate_signals: GateSignals = None,
+                 controller: GenerationController | None = None, gate_signals: GateSignals = None,
                  eos_token_id: int | None = None, seed: int | None = None, use_cache: bool = True) -> torch.Tensor:
         """Sample up to `max_new_tokens` per row; returns (B, T + new). Rows that emit `eos_token_id` are padded with it
         and generation stops when every row has finished. `seed` gives each row b its own generator (seed + b), so a
@@ -394,13 +410,15 @@ class TransformerLM(nn.Module):
         if use_cache:
             context = prompt_ids[:, -self.max_context_length:]
             capacity = min(self.max_context_length, context.shape[1] + max_new_tokens)
-            logits, cache, hidden = self(context, gate_signals=signal, use_cache=True, return_hidden=True,
-                                         cache_capacity=capacity, last_only=True)
+            out = self(context, gate_signals=signal, use_cache=True, return_hidden=True, cache_capacity=capacity,
+                       last_only=True)
+            logits, cache, hidden = out.logits, out.cache, out.hidden
         length = T0
         for step in range(max_new_tokens):
             if not use_cache:
-                logits, hidden = self(tokens[:, max(0, length - self.max_context_length):length],
-                                      gate_signals=signal, return_hidden=True)
+                out = self(tokens[:, max(0, length - self.max_context_length):length], gate_signals=signal,
+                           return_hidden=True)
+                logits, hidden = out.logits, out.hidden
             history = tokens[:, :length]
             next_logits = logits[:, -1, :].float()
             action = None
@@ -420,8 +438,9 @@ class TransformerLM(nn.Module):
             if eos_token_id is not None and (step + 1) % self.EOS_CHECK_INTERVAL == 0 and bool(finished.all()):
                 break
             if use_cache and step + 1 < max_new_tokens:
-                logits, cache, hidden = self(next_token.unsqueeze(1), gate_signals=signal, past_key_values=cache,
-                                             use_cache=True, return_hidden=True)
+                out = self(next_token.unsqueeze(1), gate_signals=signal, past_key_values=cache, use_cache=True,
+                           return_hidden=True)
+                logits, cache, hidden = out.logits, out.cache, out.hidden
         if eos_token_id is not None and bool(finished.all()):
             # the first step at which every row had emitted eos; later columns hold eos only
             emitted = tokens[:, T0:length] == eos_token_id                  # (B, new)
@@ -499,9 +518,11 @@ def load_model_weights(model: nn.Module, source: str | Path | dict) -> nn.Module
     return model
 
 
-def load_pretrained(config: dict, checkpoint: str | Path, device: torch.device | str = "cpu") -> TransformerLM:
+def load_pretrained(config: LMConfig | Mapping, checkpoint: str | Path, device: torch.device | str = "cpu"
+                    ) -> TransformerLM:
     """Build a TransformerLM from `config`, load `checkpoint`, move it to `device`, and put it in eval mode."""
-    model = TransformerLM(config["VOCAB_SIZE"], config)
+    config = LMConfig.of(config)
+    model = TransformerLM(config.VOCAB_SIZE, config)
     load_model_weights(model, checkpoint)
     return model.to(device).eval()
 

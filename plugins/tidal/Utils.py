@@ -1,44 +1,31 @@
-"""Shared plumbing for the Tidal plugin: paths, configuration, atomic writes, logging, CLI error handling.
+"""Shared plumbing for the Tidal plugin: its paths, configuration, logging, CLI error handling.
 
 Every entry point loads its configuration through `load_config`, so a config with a missing key, a value of the
 wrong type or a bad `--set` override fails the same way everywhere: one line naming the file and the key.
+Errors, the project root and atomic writes are the base layer's (`core.errors`, `core.paths`, `core.io`).
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
 import functools
-import json
 import logging
 import os
 import re
 import sys
-import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import yaml
 
+from core.errors import ConfigError, TidalError
+from core.io import parse_yaml_mapping
+from core.paths import PROJECT_ROOT
+
 PLUGIN_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = PLUGIN_DIR.parent.parent
 CONFIG_DIR = PLUGIN_DIR / "configs"
 BASE_CONFIG_PATH = CONFIG_DIR / "base_config.yaml"
 RL_CONFIG_PATH = CONFIG_DIR / "rl_config.yaml"
-
-
-class TidalError(Exception):
-    """A user-facing error: the CLI prints its message as one line and exits non-zero, without a traceback."""
-
-
-class ConfigError(TidalError, ValueError):
-    pass
-
-
-def describe_exception(exc: BaseException, limit: int = 200) -> str:
-    """`Type: first line of the message` (just `Type` when there is none: torch raises a bare EOFError for an empty
-    file), for one-line errors built from library exceptions."""
-    lines = str(exc).splitlines()
-    return f"{type(exc).__name__}: {lines[0][:limit]}" if lines and lines[0] else type(exc).__name__
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -54,16 +41,8 @@ def read_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=_YamlLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of KEY: value at the top level")
-    return data
+    with open(path, encoding="utf-8") as f:
+        return parse_yaml_mapping(f, path, ConfigError, "a mapping of KEY: value", _YamlLoader)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -138,14 +117,27 @@ def validate_against(config: dict, reference: dict, source: str, prefix: str = "
 
 
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = (),
-                reference_path: str | os.PathLike | None = BASE_CONFIG_PATH) -> dict:
-    """Read a YAML config, apply `--set` overrides and check it against the shipped reference config's keys/types."""
+                reference_path: str | os.PathLike | None = BASE_CONFIG_PATH):
+    """Read a YAML config, apply `--set` overrides and validate it: against base_config.yaml (the default) it becomes
+    an `LMConfig`, against rl_config.yaml an `RLConfig` (plugins/tidal/Config.py: typed, read-only mappings); against
+    another reference file it is checked for that file's keys and types and stays a dict; with None, unchecked."""
     config = read_yaml(path)
     if reference_path is None:
         return apply_overrides(config, overrides)
+    model = _typed_model(reference_path)
+    if model is not None:
+        return model.of(apply_overrides(config, overrides, model.reference()), source=str(path))
     reference = read_yaml(reference_path)
     validate_against(apply_overrides(config, overrides, reference), reference, str(path))
     return config
+
+
+def _typed_model(reference_path: str | os.PathLike):
+    """The typed config model of a shipped reference config (LMConfig, RLConfig), else None."""
+    from plugins.tidal.Config import LMConfig, RLConfig  # Config imports ConfigError from here
+
+    resolved = Path(reference_path).resolve()
+    return {BASE_CONFIG_PATH.resolve(): LMConfig, RL_CONFIG_PATH.resolve(): RLConfig}.get(resolved)
 
 
 def resolve_project_path(path: str | os.PathLike) -> Path:
@@ -154,50 +146,6 @@ def resolve_project_path(path: str | os.PathLike) -> Path:
     if p.is_absolute() or p.exists():
         return p
     return PROJECT_ROOT / p
-
-
-# ---------------------------------------------------------------------------------------------- atomic writes
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside `path`; on success fsync it and rename it over `path` (never a torn file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    import torch
-
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _json_default(obj: Any):
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------- process set-up
@@ -224,7 +172,8 @@ def setup_logger(name: str, log_file: str | os.PathLike | None = None, level: in
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in logger.handlers):
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               for h in logger.handlers):
         console = logging.StreamHandler(sys.stderr)
         console.setLevel(level)
         console.setFormatter(fmt)

@@ -1,4 +1,4 @@
-"""Convert a checkpoint from the old 3-gate layout to the 1-gate layout (SPEC §7).
+"""Convert a checkpoint from the old 3-gate layout to the 1-gate layout (ADR 0005).
 
 Old DynamicGates read three signals (creativity, focus, stability), so their first layer weight is (32, 3); the
 current model reads one modulation value, (32, 1). Migration keeps one input column (default 2, "stability", the
@@ -6,10 +6,6 @@ only signal that varied in the old runs) and leaves every other tensor untouched
 
     python -m plugins.tidal.migrate_checkpoint --input OLD.pth --output NEW.pth [--slice-index 2]
 """
-if __package__ in (None, ""):
-    import sys, pathlib  # noqa: E401 — run as a file: make the project root importable
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-
 import argparse
 import re
 import sys
@@ -18,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-from plugins.tidal.Utils import TidalError, atomic_torch_save, cli_main, describe_exception
+from core.errors import TidalError, describe_exception
+from core.io import atomic_torch_save
+from plugins.tidal.Utils import cli_main
 
 # Any key ending in a DynamicGate's first Linear weight (also under `_orig_mod.` or `module.` prefixes).
 GATE_INPUT_WEIGHT = re.compile(r"(^|\.)(attn_gate|ffn_gate)\.net\.0\.weight$")

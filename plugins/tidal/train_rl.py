@@ -10,11 +10,6 @@ base), PPO for each of RL_SEEDS, then the study on the test prompts (Ablation.py
 SIGTERM or Ctrl-C saves `rl_checkpoint_interrupted.pth` and exits 143; SIGUSR1 finishes the current iteration and
 completes normally.
 """
-if __package__ in (None, ""):  # run as a file: make the project root importable
-    import pathlib
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 if __name__ == "__main__":  # before torch is imported: a re-exec is then nearly free
     from plugins.tidal.Utils import reexec_with_tuned_malloc
 
@@ -28,8 +23,10 @@ from pathlib import Path
 
 import torch
 
+from core.errors import TidalError
 from experiment_utils import create_experiment_dir, resolve_device
 from MetricsLogger import MetricsLogger
+from plugins.tidal.Config import LMConfig, RLConfig
 from plugins.tidal.GatingEnvironment import GatingEnvironment, freeze_lm_except_gates
 from plugins.tidal.GatingModulator import make_action_space
 from plugins.tidal.GatingPolicyAgent import create_agent
@@ -39,7 +36,7 @@ from plugins.tidal.RLTrainer import PPOTrainer
 from plugins.tidal.StudyData import build_prompt_sets
 from plugins.tidal.Tokenizer import get_tokenizer
 from plugins.tidal.TransformerLM import load_pretrained, read_checkpoint
-from plugins.tidal.Utils import RL_CONFIG_PATH, TidalError, cli_main, load_config, resolve_project_path, setup_logger
+from plugins.tidal.Utils import RL_CONFIG_PATH, cli_main, load_config, resolve_project_path, setup_logger
 
 EXIT_STOPPED = 128 + signal.SIGTERM
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -80,10 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def prepare_dir(args, lm_config_path: Path, rl_config_path: Path, lm_config: dict, rl_config: dict) -> Path:
+def prepare_dir(args, lm_config_path: Path, rl_config_path: Path, lm_config: LMConfig, rl_config: RLConfig) -> Path:
     """The experiment directory: --experiment-dir, else the run a --resume checkpoint belongs to (so a study added
     later lands beside its charts), else a new experiments/<id>/."""
-    configs = {"base_config.yaml": lm_config, "rl_config.yaml": rl_config}
+    configs = {"base_config.yaml": lm_config.to_dict(), "rl_config.yaml": rl_config.to_dict()}
     if args.experiment_dir or args.resume:
         exp_dir = resolve_project_path(args.experiment_dir) if args.experiment_dir else \
             resolve_project_path(args.resume).parent
@@ -96,8 +93,8 @@ def prepare_dir(args, lm_config_path: Path, rl_config_path: Path, lm_config: dic
                                  source_experiment=checkpoint.parent.name, source_checkpoint=str(checkpoint))
 
 
-def train_seed(seed: int, model, action_space, reward_computer, prompts, rl_config: dict, device, exp_dir: Path,
-               metrics, gate_params, timesteps: int | None, resume: str | None, extra_state: dict) -> PPOTrainer:
+def train_seed(seed: int, model, action_space, reward_computer, prompts, rl_config: RLConfig, device, exp_dir: Path,
+               metrics, gate_params, timesteps: int | None, resume: str | Path | None, extra_state: dict) -> PPOTrainer:
     """One PPO run from RL seed `seed` (its own env streams, agent init and minibatch order)."""
     torch.manual_seed(seed)
     env = GatingEnvironment(model, action_space, reward_computer, prompts, rl_config, device=device, seed=seed,
@@ -107,7 +104,7 @@ def train_seed(seed: int, model, action_space, reward_computer, prompts, rl_conf
     if resume:
         trainer.load_checkpoint(resolve_project_path(resume))
     # during PPO a signal finishes the iteration first (and SIGUSR1 completes the run); outside it, it stops at once
-    for sig, kind in zip(STOP_SIGNALS, ("terminate", "terminate", "complete")):
+    for sig, kind in zip(STOP_SIGNALS, ("terminate", "terminate", "complete"), strict=True):
         signal.signal(sig, lambda *_, kind=kind: trainer.request_stop(kind))
     try:
         if timesteps != 0:
@@ -124,7 +121,7 @@ def main(argv=None) -> int:
     lm_config_path, rl_config_path = resolve_project_path(args.config), resolve_project_path(args.rl_config)
     lm_config = load_config(lm_config_path)
     rl_config = load_config(rl_config_path, args.set, reference_path=RL_CONFIG_PATH)
-    device = resolve_device(lm_config["DEVICE"])
+    device = resolve_device(lm_config.DEVICE)
     model = load_pretrained(lm_config, resolve_project_path(args.checkpoint), device)
     exp_dir = prepare_dir(args, lm_config_path, rl_config_path, lm_config, rl_config)
     logger = setup_logger("tidal.rl", exp_dir / "rl_training.log")
@@ -147,21 +144,29 @@ def main(argv=None) -> int:
                          f"{exp_dir / 'rl_training.log'})") from None
 
 
-def run(args, lm_config, rl_config, model, device, exp_dir: Path, logger, metrics) -> int:
+def run(args, lm_config: LMConfig, rl_config: RLConfig, model, device, exp_dir: Path, logger, metrics) -> int:
     """Prompts and judges, the dev sweep (which picks the residual base), the oracle check, PPO per RL seed, the
     held-out study."""
-    from plugins.tidal.Ablation import (Player, format_study_table, gap_text, merge_tuning, oracle_check,
-                                        residual_base, run_study, tune_on_dev)
+    from plugins.tidal.Ablation import (
+        Player,
+        format_study_table,
+        gap_text,
+        merge_tuning,
+        oracle_check,
+        residual_base,
+        run_study,
+        tune_on_dev,
+    )
 
-    sets = build_prompt_sets(lm_config, {"train": rl_config["RL_NUM_PROMPTS"], "dev": rl_config["RL_DEV_PROMPTS"],
-                                         "test": rl_config["RL_ABLATION_NUM_PROMPTS"]},
-                             rl_config["RL_PROMPT_MIN_LENGTH"], rl_config["RL_PROMPT_MAX_LENGTH"],
-                             rl_config["RL_MAX_EPISODE_LENGTH"], seed=rl_config["RL_SEED"])
-    judges = {role: build_judge(lm_config, role, rl_config["RL_JUDGE_STORIES"], rl_config["RL_JUDGE_ORDER"])
+    sets = build_prompt_sets(lm_config, {"train": rl_config.RL_NUM_PROMPTS, "dev": rl_config.RL_DEV_PROMPTS,
+                                         "test": rl_config.RL_ABLATION_NUM_PROMPTS},
+                             rl_config.RL_PROMPT_MIN_LENGTH, rl_config.RL_PROMPT_MAX_LENGTH,
+                             rl_config.RL_MAX_EPISODE_LENGTH, seed=rl_config.RL_SEED)
+    judges = {role: build_judge(lm_config, role, rl_config.RL_JUDGE_STORIES, rl_config.RL_JUDGE_ORDER)
               for role in ("train", "eval")}
     reward_computer = RewardComputer(rl_config, judges["train"], content_token_mask(get_tokenizer(),
-                                                                                   lm_config["VOCAB_SIZE"]))
-    if rl_config["RL_CONSTRAINT_MODE"] == "lagrangian":
+                                                                                   lm_config.VOCAB_SIZE))
+    if rl_config.RL_CONSTRAINT_MODE == "lagrangian":
         reward_computer.set_lagrangian_mode()
     resumed = read_checkpoint(resolve_project_path(args.resume)) if args.resume else None
     train = not (args.ablation and args.resume and args.timesteps is None)
@@ -170,24 +175,24 @@ def run(args, lm_config, rl_config, model, device, exp_dir: Path, logger, metric
     fixed = Player(model, None, reward_computer, rl_config, device)
     dev = tune_on_dev(fixed, sets["dev"], judges["eval"], rl_config)
     base = (resumed or {}).get("action_base") or residual_base(dev["families"])
-    action_space = make_action_space(rl_config, base if rl_config["RL_ACTION_MODE"] == "residual" else None)
+    action_space = make_action_space(rl_config, base if rl_config.RL_ACTION_MODE == "residual" else None)
     player = Player(model, action_space, reward_computer, rl_config, device)
     merge_tuning(dev, tune_on_dev(player, sets["dev"], judges["eval"], rl_config, families=("constant_action",),
                                   ce_bits=dev["ce_bits"]))
     logger.info("dev sweep done; residual base decoder %s", base)
     check = oracle_check(player, sets["dev"], judges["eval"], rl_config, dev,
-                         float(rl_config["RL_LAGRANGE_MULTIPLIER_INIT"]) if reward_computer.weights["overlap"] == 0
+                         rl_config.RL_LAGRANGE_MULTIPLIER_INIT if reward_computer.weights["overlap"] == 0
                          else 0.0)
     print("oracle check on dev, before PPO: " + gap_text("the per-token oracle", check) + ORACLE_READING.get(
         check["verdict"], " Even the oracle does not clear the frontier under this reward, so a learned controller can "
         "at best match it: the reward, not the optimiser, would need changing (ADR 0015)."), flush=True)
 
-    gate_params = freeze_lm_except_gates(model) if rl_config["RL_UNFREEZE_DYNAMIC_GATES"] else None
-    extra_state = {"action_base": base if rl_config["RL_ACTION_MODE"] == "residual" else None,
+    gate_params = freeze_lm_except_gates(model) if rl_config.RL_UNFREEZE_DYNAMIC_GATES else None
+    extra_state = {"action_base": base if rl_config.RL_ACTION_MODE == "residual" else None,
                    "lm_checkpoint": str(resolve_project_path(args.checkpoint))}
     agents, lam = [], 0.0
     resume = resolve_project_path(args.resume) if args.resume else None
-    seeds = [int(s) for s in rl_config["RL_SEEDS"]]
+    seeds = rl_config.RL_SEEDS
     for i, seed in enumerate(seeds):
         seed_dir = exp_dir if i == 0 else exp_dir / f"seed_{seed}"
         final = seed_dir / "rl_checkpoint_final.pth"
@@ -215,7 +220,7 @@ def run(args, lm_config, rl_config, model, device, exp_dir: Path, logger, metric
         if trainer.lagrange is not None:
             lam = trainer.lagrange.value
     results = run_study(player, sets, judges["eval"], rl_config, dev, agents, oracle_lambda=lam, oracle_dev=check,
-                        protocol=rl_config["RL_STUDY_PROTOCOL"], experiment_dir=exp_dir,
+                        protocol=rl_config.RL_STUDY_PROTOCOL, experiment_dir=exp_dir,
                         judge_provenance={r: j.provenance for r, j in judges.items()})
     print(format_study_table(results))
     metrics.finalize("completed")

@@ -8,9 +8,20 @@ from fastapi.responses import Response
 
 from ..deps import get_services, require_auth
 from ..errors import FieldError
-from ..models import (CheckpointsResponse, ConfigDiffResponse, ConfigFilesResponse, ErrorResponse,
-                      ExperimentInfoRequest, ExperimentResponse, ExperimentsResponse, MetricsResponse,
-                      ResultsResponse, RLMetricsResponse, RunsTableResponse, StatusResponse)
+from ..models import (
+    CheckpointsResponse,
+    ConfigDiffResponse,
+    ConfigFilesResponse,
+    ErrorResponse,
+    ExperimentInfoRequest,
+    ExperimentResponse,
+    ExperimentsResponse,
+    MetricsResponse,
+    ResultsResponse,
+    RLMetricsResponse,
+    RunsTableResponse,
+    StatusResponse,
+)
 from ..services.paths import check_experiment_id
 
 router = APIRouter(prefix="/api/experiments", tags=["experiments"],

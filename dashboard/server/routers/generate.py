@@ -8,7 +8,8 @@ from ..models import AnalyzeRequest, AnalyzeResponse, ErrorResponse, GenerateReq
 
 router = APIRouter(prefix="/api", tags=["generation"], dependencies=[Depends(rate_limit)],
                    responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-                              429: {"model": ErrorResponse, "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+                              429: {"model": ErrorResponse,
+                                    "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
                               503: {"model": ErrorResponse}})
 
 

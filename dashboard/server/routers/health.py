@@ -1,4 +1,5 @@
-"""GET /api/health: liveness plus what is degraded (Redis down is `degraded`, never an error: SPEC §10)."""
+"""GET /api/health: liveness plus what is degraded. Redis down is `degraded`, never an error: Redis is optional
+(ADR 0006) and the server stays alive without it."""
 from __future__ import annotations
 
 import time

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 
@@ -11,7 +12,8 @@ from ..services.paths import check_job_id
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"],
                    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
-AUTH = {401: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
+AUTH: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
+                                         422: {"model": ErrorResponse}}
 
 
 @router.get("", response_model=JobsResponse)

@@ -11,8 +11,17 @@ from fastapi import APIRouter, Depends
 
 from ..deps import get_services, require_auth
 from ..errors import FieldError
-from ..models import (ErrorResponse, ExperimentIdRequest, IngestResponse, JobResponse, OkResponse,
-                      SignalPollResponse, WorkerLogsRequest, WorkerMetricsRequest, WorkerStatusUpdate)
+from ..models import (
+    ErrorResponse,
+    ExperimentIdRequest,
+    IngestResponse,
+    JobResponse,
+    OkResponse,
+    SignalPollResponse,
+    WorkerLogsRequest,
+    WorkerMetricsRequest,
+    WorkerStatusUpdate,
+)
 from ..services.paths import check_experiment_id, check_job_id
 
 router = APIRouter(prefix="/api/workers/{job_id}", tags=["workers"], dependencies=[Depends(require_auth)],

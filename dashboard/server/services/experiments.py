@@ -6,6 +6,7 @@ going, experiments whose files live on another machine). Every id is validated b
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import os
 from collections import OrderedDict
@@ -15,10 +16,12 @@ import anyio
 import yaml
 from redis.exceptions import RedisError
 
+from core.io import atomic_write_json
+from core.names import METADATA_FILE, SYSTEM_FILE
+from core.paths import is_valid_experiment_id
+from experiment_utils import read_experiment_metadata
+
 from ..errors import NotFound
-from experiment_utils import METADATA_FILE, is_valid_experiment_id, read_experiment_metadata
-from MetricsLogger import SYSTEM_FILE
-from plugins.tidal.Utils import atomic_write_json
 from .metrics_reader import JsonlTail, LastValues, downsample, series_keys
 from .paths import check_experiment_id
 
@@ -153,7 +156,7 @@ class ExperimentService:
             ordered = sorted(ids)
             if ordered:
                 raws = await self.redis.mget([self.manifest.redis.status(i) for i in ordered])
-                for exp_id, raw in zip(ordered, raws):
+                for exp_id, raw in zip(ordered, raws, strict=True):
                     try:
                         if raw:
                             redis_statuses[exp_id] = json.loads(raw)
@@ -208,7 +211,8 @@ class ExperimentService:
         }
 
     # ---- metrics
-    async def metrics(self, exp_id: str, mode: str, window: int, max_points: int, keys: list[str] | None,
+    # below the `list` method, `list` in an annotation names the method: builtins.list is the type
+    async def metrics(self, exp_id: str, mode: str, window: int, max_points: int, keys: builtins.list[str] | None,
                       series: str = "lm") -> bytes:
         """The JSON body of GET /metrics (pre-encoded and cached per file version: charts poll this).
         `series` picks the LM history (`metrics` records) or the RL one (`rl-metrics` records)."""
@@ -261,7 +265,7 @@ class ExperimentService:
             "keys": keys or series_keys(selected), "source": source,
         }, allow_nan=False, default=str).encode()
 
-    async def _redis_metrics(self, exp_id: str, kind: str) -> list[dict]:
+    async def _redis_metrics(self, exp_id: str, kind: str) -> builtins.list[dict]:
         key = self.manifest.redis.metrics_stream(exp_id)
         records, start = [], "-"
         try:
@@ -300,7 +304,7 @@ class ExperimentService:
             return records[-1] if records else None
         return None
 
-    async def checkpoints(self, exp_id: str) -> list[dict]:
+    async def checkpoints(self, exp_id: str) -> builtins.list[dict]:
         exp_dir = await self.require(exp_id)
 
         def scan():
@@ -320,7 +324,7 @@ class ExperimentService:
 
         return await anyio.to_thread.run_sync(scan)
 
-    async def config_files(self, exp_id: str) -> list[dict]:
+    async def config_files(self, exp_id: str) -> builtins.list[dict]:
         """The YAML configs saved with the run (config.yaml, or base_config.yaml + rl_config.yaml for RL), as text.
         Only regular files directly inside the experiment directory, and not over CONFIG_MAX_BYTES each."""
         exp_dir = await self.require(exp_id)

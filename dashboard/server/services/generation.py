@@ -2,7 +2,7 @@
 
 In-process: a small LRU of loaded checkpoints (`ModelCache`), and every load/generation runs in a worker thread
 (never on the event loop) behind a capacity limiter, so the server keeps answering while a model works.
-With INFERENCE_URL the validated request is forwarded to `plugins/tidal/inference_server.py`, which runs this same
+With INFERENCE_URL the validated request is forwarded to `dashboard/server/inference_server.py`, which runs this same
 service in-process. Request checks (ranges from the manifest, confined paths) happen here, before any work.
 """
 from __future__ import annotations
@@ -15,8 +15,10 @@ from pathlib import Path
 
 import anyio
 
+from core.paths import PathRejected, resolve_config_path, resolve_experiment_path
+
 from ..errors import BadRequest, DomainError, FieldError, Unavailable
-from .paths import display_path, resolve_config_path, resolve_experiment_path
+from .paths import display_path
 
 log = logging.getLogger("tidal.dashboard.generation")
 
@@ -66,7 +68,7 @@ def _load(load_generator, config: Path, checkpoint: Path, rl_checkpoint: Path | 
     """Load a generator; a file torch cannot read is the client's choice of file, so a 400 naming it. torch raises
     many types for an empty, truncated or foreign file (some with no message), so anything but a TidalError (already
     a clear message) is caught here, with its traceback logged in case it was not the file."""
-    from plugins.tidal.Utils import TidalError
+    from core.errors import TidalError
 
     try:
         return load_generator(config, checkpoint, rl_checkpoint, device="cpu")
@@ -112,7 +114,8 @@ class GenerationService:
                 raise FieldError("body.rlCheckpoint", "is not an RL checkpoint")
         mode = self.manifest.generation.mode(gating_mode)
         if mode is None:
-            raise FieldError("body.gatingMode", f"must be one of {', '.join(m.id for m in self.manifest.generation.modes)}")
+            modes = ", ".join(m.id for m in self.manifest.generation.modes)
+            raise FieldError("body.gatingMode", f"must be one of {modes}")
         if mode.requiresRLCheckpoint and rl is None:
             raise FieldError("body.rlCheckpoint", f"required for gating mode {gating_mode!r}")
         return ckpt, rl
@@ -212,10 +215,10 @@ class GenerationService:
     async def _in_thread(self, fn, req, plan):
         try:
             return await anyio.to_thread.run_sync(fn, req, plan, limiter=self.limiter)
-        except DomainError:
+        except (DomainError, PathRejected):
             raise
         except Exception as exc:
-            from plugins.tidal.Utils import TidalError
+            from core.errors import TidalError
 
             if isinstance(exc, (TidalError, ValueError)):  # a user mistake the model code detected
                 raise BadRequest(str(exc)) from None
@@ -238,7 +241,7 @@ class GenerationService:
         try:
             return resolve_experiment_path("checkpoint", relative, experiments_root=self.settings.experiments_dir,
                                            kind="checkpoint")
-        except DomainError:
+        except PathRejected:
             raise FieldError("body.checkpoint", f"required: the agent's own LM ({relative}) is not in the "
                                                 "experiments directory") from None
 

@@ -1,13 +1,15 @@
-"""Job records in Redis for the server (asyncio). The state rules and Lua scripts live in `jobs_core`."""
+"""Job records in Redis for the server (asyncio). The state rules and Lua scripts live in `core.jobs`."""
 from __future__ import annotations
 
+import builtins
 import json
 import time
 
+from core import jobs as jobs_core
+from core.jobs import TERMINAL, TransitionResult
+from core.manifest import RedisKeys
+
 from ..errors import Conflict, NotFound
-from . import jobs_core
-from .jobs_core import TERMINAL, TransitionResult
-from .plugin_registry import RedisKeys
 
 
 class JobStore:
@@ -39,7 +41,8 @@ class JobStore:
         jobs = [json.loads(r) for r in raw]
         return sorted(jobs, key=lambda j: j.get("createdAt") or 0, reverse=True)
 
-    async def list_active(self) -> list[dict]:
+    # below the `list` method, `list` in an annotation names the method: builtins.list is the type
+    async def list_active(self) -> builtins.list[dict]:
         ids = await self.redis.smembers(self.keys.jobsActiveSet)
         if not ids:
             return []
@@ -58,6 +61,7 @@ class JobStore:
             current = result.job.get("status") if result.job else "?"
             what = f"move job from {current} to {target}" if target else f"update a {current} job"
             raise Conflict(f"cannot {what}", detail={"jobId": job_id, "status": current, "requested": target})
+        assert result.job is not None  # "ok" and "same" answers carry the job
         return result.job
 
     async def try_transition(self, job_id: str, target: str | None, patch: dict | None = None
@@ -83,14 +87,14 @@ class JobStore:
         except ValueError:
             return None
 
-    async def append_logs(self, job_id: str, records: list[dict]) -> None:
+    async def append_logs(self, job_id: str, records: builtins.list[dict]) -> None:
         if not records:
             return
         pipe = self.redis.pipeline(transaction=True)
         jobs_core.queue_log_append(pipe, self.keys, job_id, records)
         await pipe.execute()
 
-    async def get_logs(self, job_id: str, offset: int, limit: int) -> tuple[list[dict], int]:
+    async def get_logs(self, job_id: str, offset: int, limit: int) -> tuple[builtins.list[dict], int]:
         key = self.keys.logs(job_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.llen(key)

@@ -1,18 +1,19 @@
 """Reading metric histories for charts: incremental JSONL parsing and min/max downsampling.
 
 `JsonlTail` keeps the parsed records of each metrics file and, on every read, parses only the bytes appended since
-(complete lines only: the trainer may be mid-write, and a torn last line is left for later). `downsample` bounds each
-metric series to `max_points`: per bucket of consecutive records it keeps the records holding that series' minimum
-and maximum (spikes survive, unlike stride sampling), and always the series' last point.
+(`core.io.read_jsonl_since`: complete lines only, as the trainer may be mid-write; a torn last line waits).
+`downsample` bounds each metric series to `max_points`: per bucket of consecutive records it keeps the records
+holding that series' minimum and maximum (spikes survive, unlike stride sampling), and always the series' last point.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
+
+from core.io import read_jsonl_since
 
 NON_SERIES_KEYS = {"step", "timestamp", "global_step"}
 
@@ -68,22 +69,8 @@ class JsonlTail:
                 state.ino, state.offset, state.records = st.st_ino, 0, []
                 state.version += 1
             if st.st_size > state.offset:
-                with open(path, "rb") as f:
-                    f.seek(state.offset)
-                    chunk = f.read(st.st_size - state.offset)
-                end = chunk.rfind(b"\n") + 1
-                added = 0
-                for line in chunk[:end].splitlines():
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(record, dict):
-                        state.records.append(record)
-                        added += 1
-                state.offset += end
+                added, state.offset = read_jsonl_since(path, state.offset, max_bytes=st.st_size - state.offset)
+                state.records.extend(added)
                 if added:
                     state.version += 1
             return state.records, state.version
@@ -108,19 +95,10 @@ class LastValues:
             if ino != st.st_ino or st.st_size < offset:   # replaced or truncated: start over
                 offset, values = 0, {}
             if st.st_size > offset:
-                with open(path, "rb") as f:
-                    f.seek(offset)
-                    chunk = f.read(st.st_size - offset)
-                end = chunk.rfind(b"\n") + 1
+                records, offset = read_jsonl_since(path, offset, max_bytes=st.st_size - offset)
                 values = dict(values)
-                for line in chunk[:end].splitlines():
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(record, dict):
-                        values.update((k, v) for k, v in record.items() if k not in NON_SERIES_KEYS and _finite(v))
-                offset += end
+                for record in records:
+                    values.update((k, v) for k, v in record.items() if k not in NON_SERIES_KEYS and _finite(v))
             self._files[str(path)] = (st.st_ino, offset, values)
             return values
 

@@ -1,6 +1,6 @@
 """Job creation and control: validate a request against the manifest, store it atomically, start its worker.
 
-Creation policy (SPEC §9, ADR 0007): the type must be a manifest phase; the phase's required arguments must be
+Creation policy (ADR 0007): the type must be a manifest phase; the phase's required arguments must be
 given and no argument it does not take; every path is confined (400); at most `concurrency` active jobs per type
 (409); an `Idempotency-Key` returns the job first created with it (200) instead of creating another (201).
 """
@@ -11,15 +11,20 @@ import json
 import logging
 import secrets
 import time
+from typing import Any
 
 import anyio
 
+from core.errors import ConfigError
+from core.jobs import SIGNALS, STARTUP, TERMINAL
+from core.manifest import ARG_SOURCES, TrainingPhase
+from core.paths import resolve_config_path, resolve_experiment_path
+from plugins.tidal.Utils import apply_overrides, read_yaml, validate_against
+
 from ..errors import BadRequest, Conflict, FieldError
-from plugins.tidal.Utils import ConfigError, apply_overrides, read_yaml, validate_against
 from .job_store import JobStore
-from .jobs_core import SIGNALS, TERMINAL
-from .paths import display_path, resolve_config_path, resolve_experiment_path
-from .plugin_registry import ARG_SOURCES, PluginRegistry
+from .paths import display_path
+from .plugin_registry import PluginRegistry
 
 log = logging.getLogger("tidal.dashboard.jobs")
 
@@ -52,7 +57,7 @@ class Orchestrator:
         return self.registry.default
 
     # ------------------------------------------------------------------------------------------ validation
-    def build_config(self, request: dict) -> tuple[dict, object]:
+    def build_config(self, request: dict) -> tuple[dict[str, Any], TrainingPhase]:
         """The stored job config (confined, display-form paths) for a CreateJobRequest dict; raises 400/422."""
         manifest = self.manifest
         phase = manifest.phase(request["type"])
@@ -70,7 +75,7 @@ class Orchestrator:
 
         s = self.settings
         plugin_dir = self.registry.default_dir
-        config = {field: request.get(field) for field in ARG_SOURCES.values()}
+        config: dict[str, Any] = {field: request.get(field) for field in ARG_SOURCES.values()}
         for field in ("configPath", "rlConfigPath"):
             if config[field] is not None:
                 path = resolve_config_path(field, config[field], plugin_dir=plugin_dir, project_root=s.project_root,
@@ -114,6 +119,7 @@ class Orchestrator:
         if outcome == "busy":
             raise Conflict(f"a {phase.id} job is already active (at most {phase.concurrency} at a time)",
                            detail={"activeJobId": stored, "type": phase.id, "concurrency": phase.concurrency})
+        assert isinstance(stored, dict)  # every outcome but "busy" answers the stored job
         if outcome == "idempotency-mismatch":
             raise Conflict("Idempotency-Key was already used with a different request",
                            detail={"jobId": stored["jobId"]})
@@ -130,8 +136,8 @@ class Orchestrator:
             log.exception("provisioning job %s failed", job["jobId"])
             result = await self.store.try_transition(job["jobId"], "failed", {"error": f"provisioning failed: {exc}"})
             return result.job or job
-        if provider.is_remote:
-            return job if not fields else await self.store.transition(job["jobId"], None, fields)
+        if provider.is_remote:  # the worker attaches itself; a fast one may even have ended the job already
+            return (await self.store.try_transition(job["jobId"], None, fields)).job or job if fields else job
         result = await self.store.try_transition(job["jobId"], "starting", fields)
         return result.job or job
 
@@ -145,6 +151,13 @@ class Orchestrator:
         job = await self.store.require(job_id)
         if job["status"] in TERMINAL:
             raise Conflict(f"job is already {job['status']}", detail={"jobId": job_id, "status": job["status"]})
+        was = job["status"]
         job = await self.store.transition(job_id, "cancelled", {"error": "cancelled by user"})
         await self.store.set_signal(job_id, "stop")  # a live worker stops its trainer
+        provider = self.providers.get(job.get("provider"))
+        if was in STARTUP and provider is not None and provider.scheduler:
+            try:  # a job still queued on the cluster would otherwise keep its place (and its resources) there
+                await anyio.to_thread.run_sync(provider.release, job)
+            except Exception:
+                log.exception("releasing cancelled job %s on %s failed", job_id, provider.name)
         return job

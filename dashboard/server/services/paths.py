@@ -1,107 +1,27 @@
-"""Path confinement: every path from a request resolves inside the configs directories or the experiments root.
+"""Request paths and ids for the API: how a resolved path is shown, and the path-parameter checks (HTTP 400/404).
 
-Rules (ADR 0007): no `..` component, no control or shell metacharacters, absolute paths only when they lie inside an
-allowed root, and the *resolved* path (symlinks followed) must stay inside it, so a symlink pointing outside is refused
-too.
-Violations raise `PathRejected` (HTTP 400) naming the field.
+Path confinement itself (`resolve_config_path`, `resolve_experiment_path`, `PathRejected`) is in `core.paths`, shared
+with the worker agent; the error handlers answer a `PathRejected` with HTTP 400 naming the field.
 """
 from __future__ import annotations
 
 import re
-import unicodedata
 from pathlib import Path, PurePosixPath
 
+from core.jobs import JOB_ID_RE
+from core.paths import is_inside, is_valid_experiment_id
+
 from ..errors import BadRequest, NotFound
-from experiment_utils import is_valid_experiment_id
 
 CONFIG_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.ya?ml$")
-CHECKPOINT_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}\.pth$")
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-SHELL_METACHARACTERS = frozenset(";&|$`<>(){}[]*?!'\"")
-
-
-class PathRejected(BadRequest):
-    def __init__(self, field: str, reason: str):
-        super().__init__(f"{field}: {reason}", detail={"field": field, "reason": reason})
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or path.is_relative_to(root)
-
-
-def _basic_checks(field: str, raw: str) -> PurePosixPath:
-    if not isinstance(raw, str) or not raw.strip():
-        raise PathRejected(field, "must be a non-empty path")
-    if "\x00" in raw or len(raw) > 1024:
-        raise PathRejected(field, "is not a valid path")
-    # Trainers get paths as argv items (never through a shell), but a path a shell or a log line could misread has
-    # no business in a job: refused even when such a file exists inside an allowed directory.
-    bad = sorted({c for c in raw if c in SHELL_METACHARACTERS or unicodedata.category(c) == "Cc"})
-    if bad:
-        raise PathRejected(field, f"must not contain shell metacharacters or control characters: {''.join(bad)!r}")
-    pure = PurePosixPath(raw.replace("\\", "/"))
-    if ".." in pure.parts:
-        raise PathRejected(field, "must not contain '..'")
-    return pure
-
-
-def resolve_config_path(field: str, raw: str, *, plugin_dir: Path, project_root: Path,
-                        allowed_dirs: tuple[Path, ...]) -> Path:
-    """A config YAML: `configs/x.yaml` (plugin-relative), `plugins/tidal/configs/x.yaml` (project-relative) or an
-    absolute path, which must resolve inside one of `allowed_dirs` and exist."""
-    pure = _basic_checks(field, raw)
-    if pure.is_absolute():
-        candidate = Path(pure)
-    elif pure.parts[0] == "plugins":
-        candidate = project_root / pure
-    else:
-        candidate = plugin_dir / pure
-    resolved = candidate.resolve()
-    if not any(_inside(resolved, d.resolve()) for d in allowed_dirs):
-        raise PathRejected(field, "must be inside the plugin's configs directory")
-    if resolved.suffix not in (".yaml", ".yml"):
-        raise PathRejected(field, "must be a .yaml file")
-    if not resolved.is_file():
-        raise PathRejected(field, f"config file not found: {raw}")
-    return resolved
-
-
-def resolve_experiment_path(field: str, raw: str, *, experiments_root: Path, kind: str) -> Path:
-    """A path under the experiments root: `experiments/<id>/…`, `<id>/…` or absolute inside the root.
-    kind "checkpoint": an existing `.pth` file; kind "dir": an existing experiment directory."""
-    pure = _basic_checks(field, raw)
-    root = experiments_root.resolve()
-    if pure.is_absolute():
-        candidate = Path(pure)
-    elif pure.parts[0] == "experiments" and len(pure.parts) > 1:
-        candidate = root.joinpath(*pure.parts[1:])
-    else:
-        candidate = root / pure
-    resolved = candidate.resolve()
-    if not _inside(resolved, root) or resolved == root:
-        raise PathRejected(field, "must be inside the experiments directory")
-    exp_id = resolved.relative_to(root).parts[0]
-    if not is_valid_experiment_id(exp_id):
-        raise PathRejected(field, f"{exp_id!r} is not a valid experiment id")
-    if kind == "checkpoint":
-        if resolved.suffix != ".pth":
-            raise PathRejected(field, "must be a .pth checkpoint")
-        if not resolved.is_file():
-            raise PathRejected(field, f"checkpoint not found: {raw}")
-    elif kind == "dir":
-        if len(resolved.relative_to(root).parts) != 1:
-            raise PathRejected(field, "must be an experiment directory (experiments/<id>)")
-        if not resolved.is_dir():
-            raise PathRejected(field, f"experiment directory not found: {raw}")
-    return resolved
 
 
 def display_path(path: Path, project_root: Path, experiments_root: Path) -> str:
     """How a resolved path is stored in a job record and shown: `experiments/<id>/…`, project-relative, or absolute."""
     root = experiments_root.resolve()
-    if _inside(path, root):
+    if is_inside(path, root):
         return str(PurePosixPath("experiments", *path.relative_to(root).parts))
-    if _inside(path, project_root.resolve()):
+    if is_inside(path, project_root.resolve()):
         return path.relative_to(project_root.resolve()).as_posix()
     return str(path)
 

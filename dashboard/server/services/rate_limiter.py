@@ -1,9 +1,10 @@
 """Token-bucket rate limiting in Redis that fails open (ADR 0009).
 
 One Lua script per request, timed by Redis's own clock (`TIME`), so several server processes share one bucket per
-client without clock skew: capacity 5, one token back every 6 s (SPEC §10). The limiter has its own Redis client
-with short socket timeouts and no retries, and a circuit breaker: after a failure it skips Redis for a few seconds
-and lets requests through ("fail open"), logging once per outage, so a dead Redis adds at most one short timeout.
+client without clock skew: capacity 5, one token back every 6 s (README, "Dashboard"). The limiter has its own Redis
+client with short socket timeouts and no retries, and a circuit breaker: after a failure it skips Redis for a few
+seconds and lets requests through ("fail open"), logging once per outage, so a dead Redis adds at most one short
+timeout.
 """
 from __future__ import annotations
 
@@ -50,7 +51,6 @@ class Decision:
     limit: int
     remaining: int
     retry_after: int = 0        # whole seconds, >= 1 when refused
-    degraded: bool = False      # Redis unavailable: let through without counting
 
     def headers(self) -> dict[str, str]:
         h = {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(self.remaining)}
@@ -74,7 +74,6 @@ class RateLimiter:
         self.breaker_seconds = breaker_seconds
         self.open_until = 0.0
         self.outage_started: float | None = None
-        self.failures = 0
 
     async def check(self, client: str) -> Decision:
         if time.monotonic() < self.open_until:
@@ -84,8 +83,7 @@ class RateLimiter:
             allowed, remaining, retry_ms = await asyncio.wait_for(
                 self.script(keys=[self.prefix + client], args=[self.capacity, self.refill_ms, self.ttl_ms]),
                 timeout=self.timeout)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            self.failures += 1
+        except (TimeoutError, RedisError, OSError) as exc:
             self.open_until = time.monotonic() + self.breaker_seconds
             if self.outage_started is None:
                 self.outage_started = time.time()
@@ -99,7 +97,7 @@ class RateLimiter:
                         retry_after=max(1, math.ceil(int(retry_ms) / 1000)) if not allowed else 0)
 
     def _open(self) -> Decision:
-        return Decision(True, self.capacity, self.capacity, degraded=True)
+        return Decision(True, self.capacity, self.capacity)  # Redis unavailable: let through without counting
 
     async def close(self) -> None:
         await self.redis.aclose()

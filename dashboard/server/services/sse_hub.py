@@ -68,7 +68,6 @@ class StreamReader:
     subscribers: set = field(default_factory=set)
     task: asyncio.Task | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    delivered: int = 0
 
 
 class StreamHub:
@@ -80,7 +79,7 @@ class StreamHub:
         self.queue_size = queue_size
         self.batch = batch
         self.readers: dict[str, StreamReader] = {}
-        self.readers_started = 0             # how many reader tasks were ever created (tests, /api/health)
+        self.readers_started = 0             # how many reader tasks were ever created (tests)
         self.dropped_clients = 0
 
     # ---- subscription
@@ -94,10 +93,11 @@ class StreamHub:
         # the reader fixes its starting cursor first; a subscriber must not miss what comes after it
         try:
             await asyncio.wait_for(reader.ready.wait(), self.ready_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if not reader.subscribers and self.readers.get(key) is reader:  # Redis is down: do not leave it behind
                 self.readers.pop(key, None)
-                reader.task.cancel()
+                if reader.task is not None:
+                    reader.task.cancel()
             raise
         sub = Subscription(key, reader.cursor, self.queue_size)
         reader.subscribers.add(sub)
@@ -136,7 +136,7 @@ class StreamHub:
                     pass
 
     # ---- backlog
-    async def backlog(self, key: str, after_id: str, until: tuple[int, int] | None = None):
+    async def backlog(self, key: str, after_id: str):
         """Entries strictly after `after_id`, oldest first, paged (XRANGE with an exclusive start)."""
         start = "(" + after_id
         while True:
@@ -176,6 +176,5 @@ class StreamHub:
                                 if sub in reader.subscribers:
                                     reader.subscribers.discard(sub)
                                     self.dropped_clients += 1
-                        reader.delivered += 1
         finally:
             reader.ready.set()

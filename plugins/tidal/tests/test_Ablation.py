@@ -7,17 +7,27 @@ import unittest
 import numpy as np
 import torch
 
-from plugins.tidal.Ablation import (RESULTS_FILE, Player, family_grids, format_study_table, merge_tuning,
-                                    nearest_on_frontier, oracle_check, residual_base, run_study,
-                                    tune_on_dev)
+from core.names import ABLATION_FILE
+from core.testing import slow
+from plugins.tidal.Ablation import (
+    Player,
+    family_grids,
+    format_study_table,
+    merge_tuning,
+    nearest_on_frontier,
+    oracle_check,
+    residual_base,
+    run_study,
+    tune_on_dev,
+)
 from plugins.tidal.DataPipeline import get_tokenizer
 from plugins.tidal.Decoding import ControlledDecoder, PlainDecoder
 from plugins.tidal.GatingModulator import RandomGatingPolicy, ResidualActionSpace
 from plugins.tidal.Judges import build_judge
 from plugins.tidal.RewardComputer import RewardComputer, content_token_mask
 from plugins.tidal.StudyData import build_prompt_sets
+from plugins.tidal.tests.support import TempDirTestCase, rl_config, tiny_config
 from plugins.tidal.TransformerLM import TransformerLM
-from tests.support import TempDirTestCase, rl_config, tiny_config
 
 V = 50257
 SMALL_GRIDS = dict(RL_STUDY_TEMPERATURES=[0.5, 1.0], RL_STUDY_GRID_TEMPERATURES=[1.0], RL_STUDY_TOP_PS=[0.8],
@@ -70,6 +80,7 @@ class TestFrontierSelection(unittest.TestCase):
         self.assertEqual(names(0.07, 2), ["p6", "p0", "p1"])
 
 
+@slow
 class TestStudy(StudyCase):
     def test_dev_tuning_test_replay_learned_oracle_human_and_the_verdict(self):
         fixed = self.player()
@@ -93,7 +104,7 @@ class TestStudy(StudyCase):
         results = run_study(player, self.sets, self.judges["eval"], self.rl, dev, [("learned (RL seed 0)", agent)],
                             experiment_dir=self.tmp, progress=False,
                             judge_provenance={r: j.provenance for r, j in self.judges.items()})
-        on_disk = json.loads((self.tmp / RESULTS_FILE).read_text())
+        on_disk = json.loads((self.tmp / ABLATION_FILE).read_text())
         self.assertEqual(on_disk["verdict"], json.loads(json.dumps(results["verdict"])))
         protocol = results["protocol"]
         self.assertEqual((protocol["test_prompts"], protocol["samples_per_prompt"]), (6, 2))

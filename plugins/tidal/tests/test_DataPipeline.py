@@ -12,8 +12,8 @@ import unittest
 import numpy as np
 import torch
 
+from core.errors import TidalError
 from plugins.tidal import DataPipeline as dp
-from plugins.tidal.Utils import TidalError
 from plugins.tidal.tests.test_DataSources import CONTEXT, STORIES, make_config
 from plugins.tidal.tests.test_TokenCache import expected_stream
 from plugins.tidal.tests.test_Tokenizer import TempDirTestCase

@@ -10,10 +10,11 @@ import json
 import unittest
 from unittest import mock
 
+from core.errors import TidalError
 from plugins.tidal import DataSources as src
-from plugins.tidal.TinyTales import TinyTales
-from plugins.tidal.Utils import BASE_CONFIG_PATH, TidalError, read_yaml
 from plugins.tidal.tests.test_Tokenizer import NoNetwork, TempDirTestCase
+from plugins.tidal.TinyTales import TinyTales
+from plugins.tidal.Utils import BASE_CONFIG_PATH, read_yaml
 
 CONTEXT = 32
 

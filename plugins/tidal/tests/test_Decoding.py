@@ -6,8 +6,19 @@ import unittest
 import torch
 
 from plugins.tidal.Decoding import (
-    DECODERS, ControlledDecoder, Decoder, EDTDecoder, MirostatDecoder, PlainDecoder, SamplingParams,
-    apply_repetition_penalty, filter_logits, invert_cdf, make_decoder, sample_tokens, k_largest,
+    DECODERS,
+    ControlledDecoder,
+    Decoder,
+    EDTDecoder,
+    MirostatDecoder,
+    PlainDecoder,
+    SamplingParams,
+    apply_repetition_penalty,
+    filter_logits,
+    invert_cdf,
+    k_largest,
+    make_decoder,
+    sample_tokens,
     validate_sampling,
 )
 
@@ -43,7 +54,9 @@ class TestSamplingFilters(unittest.TestCase):
     def test_top_p_keeps_smallest_set_reaching_p_including_crossing_token(self):
         probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
         logits = probs.log()
-        kept = lambda p: torch.isfinite(filter_logits(logits, top_p=p)).nonzero()[:, 1].tolist()
+        def kept(p):
+            return torch.isfinite(filter_logits(logits, top_p=p)).nonzero()[:, 1].tolist()
+
         self.assertEqual(kept(0.45), [0])       # reached by the first token alone
         self.assertEqual(kept(0.6), [0, 1])     # the crossing token is kept
         self.assertEqual(kept(0.79), [0, 1])

@@ -1,12 +1,20 @@
 """Warmup + cosine schedule: linear warmup to BASE_LR, cosine to MIN_LR, clamped (never rises again)."""
+import itertools
 import math
 import unittest
 
 import torch
 
 from plugins.tidal.DynamicLRScheduler import DynamicLRScheduler
+from plugins.tidal.tests.support import base_config
 
-CONFIG = {"LEARNING_RATE_SCHEDULER": {"WARMUP_RATIO": 0.1, "BASE_LR": 1e-3, "MIN_LR": 1e-6}}
+
+def schedule_config(**settings) -> dict:
+    """The base config with these LEARNING_RATE_SCHEDULER settings."""
+    return base_config(LEARNING_RATE_SCHEDULER=settings)
+
+
+CONFIG = schedule_config(WARMUP_RATIO=0.1, BASE_LR=1e-3, MIN_LR=1e-6)
 
 
 def make(total=100):
@@ -45,7 +53,7 @@ class TestDynamicLRScheduler(unittest.TestCase):
             sched.step()
             seen.append(opt.param_groups[0]["lr"])
         after_peak = seen[9:]
-        self.assertTrue(all(b <= a + 1e-15 for a, b in zip(after_peak, after_peak[1:])))
+        self.assertTrue(all(b <= a + 1e-15 for a, b in itertools.pairwise(after_peak)))
 
     def test_state_dict_round_trip(self):
         opt, sched = make()
@@ -58,7 +66,7 @@ class TestDynamicLRScheduler(unittest.TestCase):
 
     def test_zero_warmup(self):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        DynamicLRScheduler(opt, {"LEARNING_RATE_SCHEDULER": {"WARMUP_RATIO": 0.0, "BASE_LR": 0.5, "MIN_LR": 0.0}}, 10)
+        DynamicLRScheduler(opt, schedule_config(WARMUP_RATIO=0.0, BASE_LR=0.5, MIN_LR=0.0), 10)
         self.assertAlmostEqual(opt.param_groups[0]["lr"], 0.5)
 
     def test_invalid_settings_raise(self):
@@ -66,7 +74,7 @@ class TestDynamicLRScheduler(unittest.TestCase):
         for bad in ({"WARMUP_RATIO": 1.5, "BASE_LR": 1e-3, "MIN_LR": 0.0},
                     {"WARMUP_RATIO": 0.1, "BASE_LR": 1e-3, "MIN_LR": 1e-2}):
             with self.subTest(bad=bad), self.assertRaises(ValueError):
-                DynamicLRScheduler(opt, {"LEARNING_RATE_SCHEDULER": bad}, 10)
+                DynamicLRScheduler(opt, schedule_config(**bad), 10)
 
 
 if __name__ == "__main__":

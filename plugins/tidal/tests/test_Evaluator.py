@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from plugins.tidal.DataPipeline import TokenDataset, get_tokenizer
 from plugins.tidal.Evaluator import Evaluator, token_byte_lengths, validation_loss
+from plugins.tidal.tests.support import TempDirTestCase, tiny_config
 from plugins.tidal.TransformerLM import TransformerLM, model_state_dict
-from tests.support import TempDirTestCase, tiny_config
 
 
 class TestEvaluator(TempDirTestCase):
@@ -31,7 +31,7 @@ class TestEvaluator(TempDirTestCase):
         result = validation_loss(self.model, self.data, 3, torch.device("cpu"), byte_lengths=token_byte_lengths(50257))
         x, y = self.data.batch(range(len(self.data)))
         with torch.no_grad():
-            logits = self.model(x)
+            logits = self.model(x).logits
         nats = F.cross_entropy(logits.reshape(-1, 50257), y.reshape(-1), reduction="sum").item()
         self.assertEqual(result["tokens"], y.numel())
         self.assertAlmostEqual(result["loss"], nats / y.numel(), places=4)

@@ -1,5 +1,6 @@
-"""The RL environment: the 64-D observation, prompt groups of K samples, idle rows, one batched forward per step,
-termination vs truncation, every decoder through the same step, the per-token oracle, and the dynamic gates."""
+"""The RL environment: the observation (OBSERVATION_DIM wide), prompt groups of K samples, idle rows, one batched
+forward per step, termination vs truncation, every decoder through the same step, the per-token oracle, and the
+dynamic gates."""
 import unittest
 
 import numpy as np
@@ -8,12 +9,18 @@ import torch
 from plugins.tidal.DataPipeline import EOT_TOKEN_ID, get_tokenizer
 from plugins.tidal.Decoding import EDTDecoder, MirostatDecoder, PlainDecoder
 from plugins.tidal.GatingEnvironment import (
-    OBSERVATION_DIM, GatingEnvironment, ObservationBuilder, OraclePolicy, freeze_lm_except_gates, gate_state_dict)
+    OBSERVATION_DIM,
+    GatingEnvironment,
+    ObservationBuilder,
+    OraclePolicy,
+    freeze_lm_except_gates,
+    gate_state_dict,
+)
 from plugins.tidal.GatingModulator import GatingModulator, ResidualActionSpace
 from plugins.tidal.Judges import NGramJudge
 from plugins.tidal.RewardComputer import RewardComputer, content_token_mask
+from plugins.tidal.tests.support import rl_config, tiny_config
 from plugins.tidal.TransformerLM import TransformerLM
-from tests.support import rl_config, tiny_config
 
 V = 50257
 TOK = get_tokenizer()
@@ -83,7 +90,7 @@ class TestObservation(unittest.TestCase):
             model.output_projection.bias[:5] += 8.0  # favour a few tokens, so repeats and seen argmaxes happen
         env = make_env(num_envs=8, group=2, model=model, episode=20)
         rows = [env.reset()]
-        for t in range(24):
+        for _ in range(24):
             rows.append(env.step(torch.rand(8))[0])
         spread = torch.cat(rows).std(dim=0)
         self.assertTrue(bool((spread > 0).all()), f"constant slots: {(spread == 0).nonzero().flatten().tolist()}")

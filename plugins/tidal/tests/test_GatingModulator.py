@@ -4,9 +4,15 @@ import unittest
 
 import torch
 
-from plugins.tidal.GatingModulator import (FixedGatingPolicy, GatingModulator, RandomGatingPolicy,
-                                           ResidualActionSpace, make_action_space)
-from tests.support import rl_config
+from plugins.tidal.GatingEnvironment import OBSERVATION_DIM
+from plugins.tidal.GatingModulator import (
+    FixedGatingPolicy,
+    GatingModulator,
+    RandomGatingPolicy,
+    ResidualActionSpace,
+    make_action_space,
+)
+from plugins.tidal.tests.support import rl_config
 
 MAPPING = dict(RL_BASE_TEMPERATURE=1.0, RL_MODULATION_TEMP_MIN=0.3, RL_MODULATION_TEMP_MAX=2.0,
                RL_BASE_REPETITION_PENALTY=1.0, RL_MODULATION_PENALTY_MIN=1.0, RL_MODULATION_PENALTY_MAX=1.5,
@@ -62,7 +68,7 @@ class TestResidualActionSpace(unittest.TestCase):
         self.assertEqual(self.space.num_actions, 3 * 2 * 2)
         p = self.space(torch.arange(12).float())
         combos = {(round(float(t), 4), round(float(m), 4), round(float(r), 4))
-                  for t, m, r in zip(p.temperature, p.min_p, p.repetition_penalty)}
+                  for t, m, r in zip(p.temperature, p.min_p, p.repetition_penalty, strict=True)}
         self.assertEqual(len(combos), 12)
         self.assertEqual(self.space.constant_actions(), [float(a) for a in range(12)])
 
@@ -83,7 +89,7 @@ class TestResidualActionSpace(unittest.TestCase):
 
 class TestBaselinePolicies(unittest.TestCase):
     def test_random_policy_is_reproducible_by_seed_and_leaves_the_global_rng_alone(self):
-        obs = torch.zeros(1000, 64)
+        obs = torch.zeros(1000, OBSERVATION_DIM)
         torch.manual_seed(0)
         before = torch.rand(1)
         torch.manual_seed(0)
@@ -95,7 +101,7 @@ class TestBaselinePolicies(unittest.TestCase):
         self.assertEqual(sorted(set(index.tolist())), [0.0, 1.0, 2.0, 3.0])
 
     def test_fixed_policy_returns_its_constant(self):
-        self.assertEqual(FixedGatingPolicy(7).act(torch.zeros(3, 64)).tolist(), [7.0] * 3)
+        self.assertEqual(FixedGatingPolicy(7).act(torch.zeros(3, OBSERVATION_DIM)).tolist(), [7.0] * 3)
 
 
 if __name__ == "__main__":

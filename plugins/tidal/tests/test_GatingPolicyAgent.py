@@ -5,16 +5,23 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Beta, Categorical, Normal
 
-from plugins.tidal.GatingPolicyAgent import (CategoricalGatingPolicyAgent, GatingPolicyAgent,
-                                             GaussianGatingPolicyAgent, RunningObsNorm, create_agent)
-from tests.support import rl_config
+from core.testing import slow
+from plugins.tidal.GatingEnvironment import OBSERVATION_DIM
+from plugins.tidal.GatingPolicyAgent import (
+    CategoricalGatingPolicyAgent,
+    GatingPolicyAgent,
+    GaussianGatingPolicyAgent,
+    RunningObsNorm,
+    create_agent,
+)
+from plugins.tidal.tests.support import rl_config
 
 
 class TestBetaAgent(unittest.TestCase):
     def setUp(self):
         torch.manual_seed(0)
         self.agent = GatingPolicyAgent(rl_config())
-        self.obs = torch.randn(8, 64)
+        self.obs = torch.randn(8, OBSERVATION_DIM)
 
     def test_output_shapes_are_flat_batches(self):
         action, log_prob, entropy, value = self.agent.get_action_and_value(self.obs)
@@ -24,25 +31,25 @@ class TestBetaAgent(unittest.TestCase):
         self.assertEqual(self.agent.act(self.obs).shape, (8,))
 
     def test_sampled_actions_lie_strictly_inside_the_unit_interval(self):
-        actions = self.agent.act(torch.randn(4096, 64))
+        actions = self.agent.act(torch.randn(4096, OBSERVATION_DIM))
         self.assertTrue(bool(((actions > 0) & (actions < 1)).all()))
 
     def test_deterministic_action_is_the_beta_mean(self):
-        dist = self.agent.distribution(self.obs)
+        dist = self.agent._distribution(self.agent.features(self.obs))
         expected = dist.concentration1 / (dist.concentration1 + dist.concentration0)
         torch.testing.assert_close(self.agent.act(self.obs, deterministic=True), expected)
         action, *_ = self.agent.get_action_and_value(self.obs, deterministic=True)
         torch.testing.assert_close(action, expected)
 
     def test_initial_policy_is_near_symmetric_with_concentrations_one_plus_ln2(self):
-        dist = self.agent.distribution(self.obs)
+        dist = self.agent._distribution(self.agent.features(self.obs))
         torch.testing.assert_close(dist.concentration1, torch.full((8,), 1 + math.log(2)), atol=0.05, rtol=0)
 
     def test_concentrations_are_capped(self):
         agent = GatingPolicyAgent(rl_config(RL_BETA_CONCENTRATION_MAX=15.0))
         with torch.no_grad():
             agent.actor[-1].weight.mul_(1e5)
-        dist = agent.distribution(torch.randn(256, 64) * 10)
+        dist = agent._distribution(agent.features(torch.randn(256, OBSERVATION_DIM) * 10))
         self.assertLessEqual(dist.concentration1.max().item(), 15.0)
         self.assertLessEqual(dist.concentration0.max().item(), 15.0)
         self.assertGreaterEqual(dist.concentration0.min().item(), 1.0)
@@ -65,8 +72,8 @@ class TestBetaAgent(unittest.TestCase):
         torch.testing.assert_close(a, self.agent.act(self.obs, deterministic=True))
 
     def test_orthogonal_init_with_gain_sqrt2_and_small_output_layers(self):
-        hidden = self.agent.trunk[0].weight  # (128, 64): columns orthonormal times the gain
-        torch.testing.assert_close(hidden.T @ hidden, 2.0 * torch.eye(64), atol=1e-4, rtol=0)
+        hidden = self.agent.trunk[0].weight  # (128, OBSERVATION_DIM): columns orthonormal times the gain
+        torch.testing.assert_close(hidden.T @ hidden, 2.0 * torch.eye(OBSERVATION_DIM), atol=1e-4, rtol=0)
         for head in (self.agent.actor, self.agent.critic):
             out = head[-1].weight  # (k, 32): rows orthonormal times 0.01
             torch.testing.assert_close(out @ out.T, 1e-4 * torch.eye(out.shape[0]), atol=1e-8, rtol=0)
@@ -94,7 +101,7 @@ class TestGaussianAgent(unittest.TestCase):
         with torch.no_grad():  # move the policy off its symmetric start so the checks are not trivial
             self.agent.actor[-1].bias.fill_(0.8)
             self.agent.log_std.fill_(math.log(0.7))
-        self.obs = torch.randn(4, 64)
+        self.obs = torch.randn(4, OBSERVATION_DIM)
 
     def test_shapes_and_range(self):
         action, log_prob, entropy, value = self.agent.get_action_and_value(self.obs)
@@ -107,7 +114,7 @@ class TestGaussianAgent(unittest.TestCase):
         torch.testing.assert_close(self.agent.act(self.obs, deterministic=True), torch.sigmoid(mu))
 
     def test_log_prob_matches_a_numeric_change_of_variables(self):
-        obs = self.obs[:1].expand(5, 64)
+        obs = self.obs[:1].expand(5, OBSERVATION_DIM)
         a = torch.tensor([0.05, 0.3, 0.5, 0.7, 0.95], dtype=torch.float64)
         _, log_prob, _, _ = self.agent.get_action_and_value(obs, action=a.float())
         mu = self.agent.actor(self.agent.features(obs)).squeeze(-1).double()
@@ -116,12 +123,13 @@ class TestGaussianAgent(unittest.TestCase):
         numeric = (normal.cdf(torch.logit(a + h)) - normal.cdf(torch.logit(a - h))) / (2 * h)
         torch.testing.assert_close(log_prob.double(), numeric.log(), atol=1e-4, rtol=0)
 
+    @slow
     def test_entropy_matches_a_monte_carlo_estimate(self):
         obs = self.obs[:1]
         _, _, entropy, _ = self.agent.get_action_and_value(obs)
         torch.manual_seed(1)
-        samples = self.agent.act(obs.expand(200_000, 64))
-        _, log_prob, _, _ = self.agent.get_action_and_value(obs.expand(200_000, 64), action=samples)
+        samples = self.agent.act(obs.expand(200_000, OBSERVATION_DIM))
+        _, log_prob, _, _ = self.agent.get_action_and_value(obs.expand(200_000, OBSERVATION_DIM), action=samples)
         self.assertAlmostEqual(entropy.item(), -log_prob.mean().item(), delta=0.01)
 
     def test_entropy_is_differentiable_through_mean_and_scale(self):
@@ -135,25 +143,25 @@ class TestCategoricalAgent(unittest.TestCase):
     def setUp(self):
         torch.manual_seed(0)
         self.agent = CategoricalGatingPolicyAgent(rl_config(RL_AGENT_TYPE="categorical", RL_NUM_ACTIONS=6))
-        self.obs = torch.randn(8, 64)
+        self.obs = torch.randn(8, OBSERVATION_DIM)
 
     def test_actions_are_float_indices_one_per_row(self):
         action, log_prob, entropy, value = self.agent.get_action_and_value(self.obs)
         for t in (action, log_prob, entropy, value):
             self.assertEqual(t.shape, (8,))
         self.assertEqual(action.dtype, torch.float32)
-        actions = self.agent.act(torch.randn(4096, 64))
+        actions = self.agent.act(torch.randn(4096, OBSERVATION_DIM))
         self.assertTrue(torch.equal(actions, actions.round()))
         self.assertEqual(set(actions.long().tolist()), set(range(6)))  # a near-uniform start samples every index
 
     def test_initial_policy_is_near_uniform(self):
-        probs = self.agent.distribution(self.obs).probs
+        probs = torch.softmax(self.agent.actor(self.agent.features(self.obs)), dim=-1)
         torch.testing.assert_close(probs, torch.full((8, 6), 1 / 6), atol=0.01, rtol=0)
 
     def test_deterministic_action_is_the_argmax(self):
         with torch.no_grad():
             self.agent.actor[-1].weight.mul_(100)
-        expected = self.agent.distribution(self.obs).probs.argmax(dim=-1).float()
+        expected = self.agent.actor(self.agent.features(self.obs)).argmax(dim=-1).float()
         torch.testing.assert_close(self.agent.act(self.obs, deterministic=True), expected)
 
     def test_log_prob_and_entropy_of_float_indices_match_torch_categorical(self):
@@ -206,29 +214,29 @@ class TestRunningObsNorm(unittest.TestCase):
         agent = create_agent(config)
         before = {k: v.clone() for k, v in agent.obs_norm.state_dict().items()}
         agent.train()
-        agent.get_action_and_value(torch.randn(16, 64) * 3 + 1)
-        agent.act(torch.randn(16, 64) * 3 + 1)
+        agent.get_action_and_value(torch.randn(16, OBSERVATION_DIM) * 3 + 1)
+        agent.act(torch.randn(16, OBSERVATION_DIM) * 3 + 1)
         for key, value in agent.obs_norm.state_dict().items():
             self.assertTrue(torch.equal(value, before[key]), key)
-        agent.update_obs_norm(torch.randn(16, 64) * 3 + 1)
+        agent.update_obs_norm(torch.randn(16, OBSERVATION_DIM) * 3 + 1)
         self.assertEqual(int(agent.obs_norm.count), 16)
 
     def test_statistics_travel_in_the_agent_state_dict(self):
         config = rl_config()
         agent = create_agent(config)
-        agent.update_obs_norm(torch.randn(40, 64) * 4 - 2)
+        agent.update_obs_norm(torch.randn(40, OBSERVATION_DIM) * 4 - 2)
         state = agent.state_dict()
         for key in ("obs_norm.mean", "obs_norm.var", "obs_norm.count"):
             self.assertIn(key, state)
         restored = create_agent(config)
         restored.load_state_dict(state)
-        obs = torch.randn(5, 64)
+        obs = torch.randn(5, OBSERVATION_DIM)
         torch.testing.assert_close(restored.features(obs), agent.features(obs))
         self.assertEqual(int(restored.obs_norm.count), 40)
 
     def test_the_agent_acts_on_normalised_observations(self):
         agent = create_agent(rl_config())
-        data = torch.randn(500, 64) * 7 + 3
+        data = torch.randn(500, OBSERVATION_DIM) * 7 + 3
         agent.update_obs_norm(data)
         obs = data[:4]
         torch.testing.assert_close(agent.features(obs), agent.trunk(agent.obs_norm(obs)))

@@ -6,14 +6,16 @@ import unittest
 import torch
 import yaml
 
-from dashboard.server.services.plugin_registry import load_manifest
+from core.errors import TidalError
+from core.manifest import load_manifest
+from core.paths import PROJECT_ROOT
+from core.testing import slow
 from plugins.tidal.DataPipeline import EOT_TOKEN_ID
 from plugins.tidal.Decoding import DECODERS
 from plugins.tidal.GatingPolicyAgent import create_agent
 from plugins.tidal.Generator import DECODER_KEYWORDS, load_generator
+from plugins.tidal.tests.support import TempDirTestCase, rl_config, run_python, tiny_config
 from plugins.tidal.TransformerLM import TransformerLM, model_state_dict
-from plugins.tidal.Utils import PROJECT_ROOT, TidalError
-from tests.support import TempDirTestCase, rl_config, run_python, tiny_config
 
 
 class GeneratorTestCase(TempDirTestCase):
@@ -89,7 +91,7 @@ class TestGeneratorAPI(GeneratorTestCase):
         self.assertTrue(gated.gates_trained)
         x = torch.tensor([[1, 2, 3]])
         g = torch.full((1, 1), 0.9)
-        self.assertFalse(torch.allclose(plain.model(x, gate_signals=g), gated.model(x, gate_signals=g)))
+        self.assertFalse(torch.allclose(plain.model(x, gate_signals=g).logits, gated.model(x, gate_signals=g).logits))
 
     def test_every_decoder_generates_through_the_one_protocol(self):
         handle = load_generator(self.config_path, self.checkpoint)
@@ -205,6 +207,7 @@ class TestGeneratorAPI(GeneratorTestCase):
         self.assertIn("shape", str(ctx.exception))
 
 
+@slow
 class TestGeneratorCLI(GeneratorTestCase):
     def cli(self, *argv, checkpoint=None):
         return run_python("-m", "plugins.tidal.Generator", "--config", str(self.config_path), "--checkpoint",
@@ -284,6 +287,7 @@ class TestGeneratorCLI(GeneratorTestCase):
                 self.assertEqual(len(proc.stderr.strip().splitlines()), 1, proc.stderr)
 
 
+@slow
 class TestCorruptCheckpointCLI(GeneratorTestCase):
     """`python -m plugins.tidal.Generator --checkpoint <broken file>`: exit 2 and exactly one stderr line naming the
     file, never a traceback."""

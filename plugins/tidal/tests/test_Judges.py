@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.errors import TidalError
 from plugins.tidal.DataPipeline import EOT_TOKEN_ID, VOCAB_SIZE, TinyTales, encode_prompt, load_stories
-from plugins.tidal.Judges import JUDGE_ROLES, NGramJudge, build_judge, judge_corpus
-from plugins.tidal.Utils import TidalError
+from plugins.tidal.Judges import JUDGE_ROLES, NGramJudge, _corpus, build_judge
 from plugins.tidal.tests.test_StudyData import TinyConfigCase, text_source_config
 
 TINY_VOCAB = 6
@@ -25,6 +25,12 @@ def tiny_judge(order: int = 3, bos_id: int | None = None) -> NGramJudge:
     rng = np.random.default_rng(0)
     stream = np.concatenate([rng.integers(0, 3, 200), [3, 4, 3, 4, 0, 1, 2] * 20])
     return NGramJudge.from_tokens(stream, vocab_size=TINY_VOCAB, order=order, bos_id=bos_id)
+
+
+def judge_corpus(lm_config: dict, role: str, num_stories: int) -> tuple[list[str], dict]:
+    """The stories `build_judge` would train the judge of `role` on, and their provenance."""
+    provenance, fetch = _corpus(lm_config, role, num_stories)
+    return fetch(), provenance
 
 
 def next_logprobs(judge: NGramJudge, history: list[int]) -> torch.Tensor:
@@ -66,7 +72,7 @@ class NGramJudgeTest(unittest.TestCase):
     def test_score_many_matches_score(self):
         judge = tiny_judge(3)
         pairs = [([0, 1], [2, 3]), ([], [4]), ([3], []), ([1, 2, 0, 1], [2, 2, 5])]
-        for (context, continuation), many in zip(pairs, judge.score_many(pairs)):
+        for (context, continuation), many in zip(pairs, judge.score_many(pairs), strict=True):
             np.testing.assert_allclose(many, judge.score(context, continuation))
 
     def test_precision_is_the_share_of_ngrams_seen_in_the_corpus(self):
@@ -160,9 +166,10 @@ class BuildJudgeTest(TinyConfigCase):
         history = torch.full((64, 40), -1, dtype=torch.long)
         for row, text in enumerate(texts):
             history[row, :lengths[row]] = torch.tensor(text[:lengths[row]])
-        tokens = torch.tensor([text[length] for text, length in zip(texts, lengths.tolist())])
+        tokens = torch.tensor([text[length] for text, length in zip(texts, lengths.tolist(), strict=True)])
         batched = judge.logprob_next(history, lengths, tokens)
-        one_by_one = [judge.score(text[:length], [text[length]])[0] for text, length in zip(texts, lengths.tolist())]
+        one_by_one = [judge.score(text[:length], [text[length]])[0]
+                      for text, length in zip(texts, lengths.tolist(), strict=True)]
         np.testing.assert_allclose(batched.numpy(), one_by_one, rtol=1e-5)
         self.assertEqual(batched.dtype, torch.float32)
 

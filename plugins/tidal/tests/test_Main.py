@@ -10,9 +10,11 @@ import uuid
 
 import yaml
 
-from MetricsLogger import read_jsonl
-from plugins.tidal.Utils import PROJECT_ROOT
-from tests.support import PYTHON, TempDirTestCase, free_port, run_python, tiny_config, wait_for
+from core.io import read_jsonl
+from core.net import free_port
+from core.paths import PROJECT_ROOT
+from core.testing import slow
+from plugins.tidal.tests.support import PYTHON, TempDirTestCase, run_python, tiny_config, wait_for
 
 
 class MainTestCase(TempDirTestCase):
@@ -31,12 +33,13 @@ class MainTestCase(TempDirTestCase):
     def assert_one_line_error(self, proc, *fragments):
         self.assertEqual(proc.returncode, 2, proc.stderr)
         self.assertNotIn("Traceback", proc.stderr)
-        lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+        lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
         self.assertEqual(len(lines), 1, proc.stderr)
         for fragment in fragments:
             self.assertIn(fragment, lines[0])
 
 
+@slow
 class TestMainCLI(MainTestCase):
     def test_seed_command_as_a_file_trains_evaluates_and_saves(self):
         proc = run_python("plugins/tidal/Main.py", "--config", self.write_config(), "--max-steps", "4", env=self.env)
@@ -54,7 +57,8 @@ class TestMainCLI(MainTestCase):
 
     def test_module_form_and_set_overrides_reach_the_effective_config(self):
         proc = run_python("-m", "plugins.tidal.Main", "--config", self.write_config(), "--max-steps", "2",
-                          "--set", "LEARNING_RATE_SCHEDULER.BASE_LR=3e-4", "--set", "EVAL_MAX_NEW_TOKENS=4", env=self.env)
+                          "--set", "LEARNING_RATE_SCHEDULER.BASE_LR=3e-4", "--set", "EVAL_MAX_NEW_TOKENS=4",
+                          env=self.env)
         self.assertEqual(proc.returncode, 0, proc.stderr)
         (exp,) = self.experiments()
         effective = yaml.safe_load((exp / "config.yaml").read_text())
@@ -107,6 +111,7 @@ class TestMainCLI(MainTestCase):
         self.assertFalse((self.tmp / "experiments").exists(), "no experiment directory for a rejected config")
 
 
+@slow
 class TestOffline(MainTestCase):
     def test_an_unreachable_hub_fails_within_seconds_with_one_line_recorded_in_the_run(self):
         env = {**self.env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HOME": str(self.tmp / "hf"),
@@ -126,6 +131,7 @@ class TestOffline(MainTestCase):
         self.assertIn("unreachable", (exp / "training.log").read_text(), "the run's log ends with the error")
 
 
+@slow
 class TestSignals(MainTestCase):
     def test_sigterm_checkpoints_and_resume_finishes(self):
         config = self.write_config(CHECKPOINT_INTERVAL=0)
@@ -133,7 +139,9 @@ class TestSignals(MainTestCase):
                                 cwd=PROJECT_ROOT, env={**os.environ, **self.env}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         self.addCleanup(proc.kill)
-        metrics = lambda: next((self.tmp / "experiments").glob("*/dashboard_metrics/metrics.jsonl"), None)
+        def metrics():
+            return next((self.tmp / "experiments").glob("*/dashboard_metrics/metrics.jsonl"), None)
+
         wait_for(lambda: metrics() and len(read_jsonl(metrics())) >= 3, timeout=120, message="training to start")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
@@ -160,8 +168,9 @@ class TestSignals(MainTestCase):
                                 cwd=PROJECT_ROOT, env={**os.environ, **self.env}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         self.addCleanup(proc.kill)
-        metrics = lambda: next((e / "dashboard_metrics/metrics.jsonl" for e in self.experiments() if e != full_exp),
-                               None)
+        def metrics():
+            return next((e / "dashboard_metrics/metrics.jsonl" for e in self.experiments() if e != full_exp), None)
+
         wait_for(lambda: metrics() and len(read_jsonl(metrics())) >= 3, timeout=120, message="training to start")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
@@ -169,8 +178,9 @@ class TestSignals(MainTestCase):
         exp = metrics().parent.parent
         resumed = run_python("-m", "plugins.tidal.Main", "--resume", str(exp), env=self.env)
         self.assertEqual(resumed.returncode, 0, resumed.stderr)
-        series = lambda e, key: {r["step"]: r[key] for r in read_jsonl(e / "dashboard_metrics/metrics.jsonl")
-                                 if key in r}
+        def series(e, key):
+            return {r["step"]: r[key] for r in read_jsonl(e / "dashboard_metrics/metrics.jsonl") if key in r}
+
         self.assertEqual(max(series(exp, "Learning Rate")), 60)
         self.assertEqual(series(exp, "Learning Rate"), series(full_exp, "Learning Rate"))
         progress = [r["Progress"] for r in read_jsonl(exp / "dashboard_metrics/metrics.jsonl") if "Progress" in r]
@@ -188,12 +198,14 @@ def tail(path, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else "(no output)"
 
 
+@slow
 class TestDistributed(MainTestCase):
     STEPS = 3
 
     def train_single_process(self):
         """The reference: one process with the global batch of 8 the distributed runs split 2 x 4."""
-        single = run_python("-m", "plugins.tidal.Main", "--config", self.write_config(BATCH_SIZE=8, DESIRED_BATCH_SIZE=8),
+        single = run_python("-m", "plugins.tidal.Main",
+                            "--config", self.write_config(BATCH_SIZE=8, DESIRED_BATCH_SIZE=8),
                             "--max-steps", str(self.STEPS), env=self.env)
         self.assertEqual(single.returncode, 0, single.stderr)
         (single_exp,) = self.experiments()

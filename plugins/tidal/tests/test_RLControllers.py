@@ -2,10 +2,16 @@ import unittest
 
 import torch
 
-from plugins.tidal.RLControllers import (ConstantEntropySchedule, EntropyHomeostasis,
-                                        LagrangeMultiplier, LinearEntropySchedule, combine_advantages,
-                                        homeostatic_update, make_entropy_schedule)
-from tests.support import rl_config as shipped_rl_config
+from plugins.tidal.RLControllers import (
+    ConstantEntropySchedule,
+    EntropyHomeostasis,
+    LagrangeMultiplier,
+    LinearEntropySchedule,
+    combine_advantages,
+    homeostatic_update,
+    make_entropy_schedule,
+)
+from plugins.tidal.tests.support import rl_config as shipped_rl_config
 
 # The settings the hand-computed numbers below assume, whatever the shipped config tunes them to.
 PINNED = {"RL_ENTROPY_COEF": 0.01, "RL_ENTROPY_TARGET_POLICY": -0.35, "RL_ENTROPY_HOMEOSTASIS_RATE": 0.05,

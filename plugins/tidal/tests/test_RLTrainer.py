@@ -6,15 +6,16 @@ import unittest
 import numpy as np
 import torch
 
-from plugins.tidal.GatingEnvironment import GatingEnvironment, freeze_lm_except_gates
+from core.errors import TidalError
+from core.testing import slow
+from plugins.tidal.GatingEnvironment import OBSERVATION_DIM, GatingEnvironment, freeze_lm_except_gates
 from plugins.tidal.GatingModulator import GatingModulator
 from plugins.tidal.GatingPolicyAgent import create_agent
 from plugins.tidal.Judges import NGramJudge
 from plugins.tidal.RewardComputer import RewardComputer
 from plugins.tidal.RLTrainer import PPOTrainer, compute_gae, explained_variance, value_loss
+from plugins.tidal.tests.support import TempDirTestCase, rl_config, tiny_config
 from plugins.tidal.TransformerLM import TransformerLM, read_checkpoint
-from plugins.tidal.Utils import TidalError
-from tests.support import TempDirTestCase, rl_config, tiny_config
 
 V = 50257
 # The toy tasks' settings, whatever the shipped config tunes: a Beta policy over m, plain PPO (each option is
@@ -51,7 +52,7 @@ class TargetEnv:
         self.reward_computer = FakeRewardComputer()
 
     def obs(self):
-        o = torch.zeros(self.num_envs, 64)
+        o = torch.zeros(self.num_envs, OBSERVATION_DIM)
         o[:, 58] = (self.t % 4) / 4
         o[self.idle] = 1e3
         return o
@@ -88,7 +89,7 @@ class ContextEnv(TargetEnv):
 
     def obs(self):
         self.sign = torch.randint(0, 2, (self.num_envs,), generator=self.rng) * 2 - 1
-        o = torch.zeros(self.num_envs, 64)
+        o = torch.zeros(self.num_envs, OBSERVATION_DIM)
         o[:, 0] = self.sign.float()
         return o
 
@@ -96,7 +97,8 @@ class ContextEnv(TargetEnv):
         reward = (action == torch.where(self.sign > 0, 1.0, 4.0)).float()
         comps = {"match": reward, "total": reward}
         done = torch.ones(self.num_envs, dtype=torch.bool)
-        info = {"components": comps, "final_obs": torch.zeros(self.num_envs, 64), "episode_returns": reward}
+        info = {"components": comps, "final_obs": torch.zeros(self.num_envs, OBSERVATION_DIM),
+                "episode_returns": reward}
         return self.obs(), reward, done, ~done, info
 
 
@@ -157,7 +159,7 @@ class TestPPO(TempDirTestCase):
         env = TargetEnv(num_envs=2)
         trainer = PPOTrainer(agent, env, config)
         buf, _, _ = trainer.collect_rollout(env.reset())
-        final = torch.zeros(2, 64)
+        final = torch.zeros(2, OBSERVATION_DIM)
         final[:, 58] = 1.0
         with torch.no_grad():
             bootstrap = 0.9 * agent.get_value(final)
@@ -165,6 +167,7 @@ class TestPPO(TempDirTestCase):
         torch.testing.assert_close(buf["rewards"][3], raw + bootstrap)
         self.assertTrue(torch.all(buf["ended"][3] == 1) and torch.all(buf["ended"][2] == 0))
 
+    @slow
     def test_reward_improves_on_a_toy_task(self):
         config = self.config()
         torch.manual_seed(0)
@@ -180,6 +183,7 @@ class TestPPO(TempDirTestCase):
         self.assertNotIn("reward_total", history)  # the components are the env's names, without the total
         self.assertNotIn("epochs_run", history)  # logged only when target-KL is on
 
+    @slow
     def test_categorical_agent_learns_a_state_dependent_choice_as_a_contextual_bandit(self):
         config = self.config(RL_AGENT_TYPE="categorical", RL_NUM_ACTIONS=6, RL_GAMMA=0.0, RL_GAE_LAMBDA=0.0,
                              RL_ENTROPY_SCHEDULE="constant", RL_ENTROPY_COEF=0.001, RL_BATCH_SIZE=32)
@@ -188,7 +192,7 @@ class TestPPO(TempDirTestCase):
         env = ContextEnv()
         history = PPOTrainer(agent, env, config).train(total_timesteps=16 * 8 * 30, progress=False)
         self.assertTrue(all(c == 0.001 for c in history["entropy_coef"]))
-        obs = torch.zeros(2, 64)
+        obs = torch.zeros(2, OBSERVATION_DIM)
         obs[:, 0] = torch.tensor([1.0, -1.0])
         torch.testing.assert_close(agent.act(obs, deterministic=True), torch.tensor([1.0, 4.0]))
         self.assertGreater(np.mean(history["episode_rewards"][-3:]), 0.8)
@@ -239,7 +243,8 @@ class TestPPO(TempDirTestCase):
                 wide = {key: torch.stack([buf[key], junk[key]], dim=2).reshape(8, 8, *buf[key].shape[2:])
                         for key in junk}
                 wide["active"] = torch.tensor([True, False]).repeat(4).expand(8, 8)
-                wide_next = torch.stack([next_obs, torch.randn(4, 64) * 50], dim=1).reshape(8, 64)
+                wide_next = torch.stack([next_obs, torch.randn(4, OBSERVATION_DIM) * 50], dim=1)
+                wide_next = wide_next.reshape(8, OBSERVATION_DIM)
                 torch.manual_seed(1)
                 expected = small.update(buf, next_obs, entropy_coef=0.01)
                 torch.manual_seed(1)
@@ -247,7 +252,7 @@ class TestPPO(TempDirTestCase):
                 self.assertEqual(expected.keys(), result.keys())
                 for key in expected:
                     self.assertAlmostEqual(result[key], expected[key], places=5, msg=key)
-                for (name, a), b in zip(small.agent.named_parameters(), padded.agent.parameters()):
+                for (name, a), b in zip(small.agent.named_parameters(), padded.agent.parameters(), strict=True):
                     torch.testing.assert_close(a, b, msg=name)
 
     def test_explained_variance_counts_active_transitions_only(self):
@@ -297,7 +302,8 @@ class TestPPO(TempDirTestCase):
         buf, _, _ = trainer.collect_rollout(trainer.env.reset())
         self.assertEqual(int(agent.obs_norm.count), 0)  # frozen while acting: stored log-probs stay valid
         with torch.no_grad():
-            _, logprob, _, _ = agent.get_action_and_value(buf["obs"].reshape(-1, 64), buf["actions"].reshape(-1))
+            _, logprob, _, _ = agent.get_action_and_value(buf["obs"].reshape(-1, OBSERVATION_DIM),
+                                                          buf["actions"].reshape(-1))
         torch.testing.assert_close(logprob, buf["logprobs"].reshape(-1))
         trainer.train(total_timesteps=4 * 8 * 2, progress=False)
         self.assertEqual(int(agent.obs_norm.count), 2 * 8 * 3)  # two rollouts of 8 steps × 3 active rows
@@ -340,7 +346,8 @@ class TestPPO(TempDirTestCase):
                              extra_state={"action_base": None, "lm_checkpoint": "lm.pth"})
         history = trainer.train(total_timesteps=2 * 8 * 2, progress=False)
         self.assertEqual(len(history["gate_loss"]), 2)
-        self.assertTrue(any(not torch.equal(a, b) for a, b in zip(before, gates)), "gate weights were trained")
+        self.assertTrue(any(not torch.equal(a, b) for a, b in zip(before, gates, strict=True)),
+                        "gate weights were trained")
         state = read_checkpoint(self.tmp / "rl_checkpoint_iter_2.pth")
         for key in ("agent_state_dict", "optimizer_state_dict", "global_step", "config", "gate_state_dict",
                     "entropy_schedule", "action_base", "lm_checkpoint"):

@@ -7,7 +7,7 @@ import torch
 from plugins.tidal.DataPipeline import get_tokenizer
 from plugins.tidal.Judges import NGramJudge
 from plugins.tidal.RewardComputer import COMPONENTS, RewardComputer, content_token_mask
-from tests.support import rl_config
+from plugins.tidal.tests.support import rl_config
 
 V = 50257
 TOK = get_tokenizer()

@@ -11,22 +11,24 @@ import time
 import unittest
 from pathlib import Path
 
+from core.errors import TidalError
+from core.testing import slow
+from plugins.tidal.Config import LMConfig
 from plugins.tidal.DataPipeline import EOT_TOKEN_ID, TinyTales, encode_prompt, load_stories
 from plugins.tidal.StudyData import PromptSet, build_prompt_sets
-from plugins.tidal.Utils import CONFIG_DIR, TidalError, load_config
+from plugins.tidal.Utils import CONFIG_DIR, load_config
 
 SIZES = {"train": 120, "dev": 40, "test": 60}
 
 
-def tiny_config(cache_dir: str, **overrides) -> dict:
+def tiny_config(cache_dir: str, **overrides) -> LMConfig:
     """The quickstart config on a 50-story built-in corpus, caching under `cache_dir` (shared by the study tests)."""
     config = load_config(CONFIG_DIR / "quickstart_config.yaml")
-    config.update(BUILTIN_NUM_STORIES=50, MAX_STORIES=None, DATA_CACHE_DIR=cache_dir, NUM_CPU_CORE_WORKERS=1)
-    config.update(overrides)
-    return config
+    return config.replace(**{"BUILTIN_NUM_STORIES": 50, "MAX_STORIES": None, "DATA_CACHE_DIR": cache_dir,
+                             "NUM_CPU_CORE_WORKERS": 1, **overrides})
 
 
-def text_source_config(cache_dir: str, count: int, **overrides) -> dict:
+def text_source_config(cache_dir: str, count: int, **overrides) -> LMConfig:
     """A tiny config whose DATASET is a .txt file of `count` stories (one paragraph each), a source without the
     built-in generator's unlimited supply."""
     path = Path(cache_dir) / "stories.txt"
@@ -92,7 +94,7 @@ class PromptSetsTest(unittest.TestCase):
         tales = TinyTales(int(self.config["SEED"]))
         for prompt_set in self.sets.values():
             for prompt, continuation, story_id in zip(prompt_set.prompts, prompt_set.continuations,
-                                                      prompt_set.story_ids):
+                                                      prompt_set.story_ids, strict=True):
                 story = encode_prompt(tales.story(story_id)) + [EOT_TOKEN_ID]
                 self.assertEqual(prompt, story[:len(prompt)])
                 self.assertEqual(continuation, story[len(prompt):len(prompt) + 40])
@@ -105,7 +107,7 @@ class PromptSetsTest(unittest.TestCase):
 
 
 class SourcesTest(TinyConfigCase):
-    def _text_source(self, count: int) -> dict:
+    def _text_source(self, count: int) -> LMConfig:
         return text_source_config(self.tmp, count, VALIDATION_SPLIT_RATIO=0.5)
 
     def test_other_sources_use_only_the_validation_split(self):
@@ -113,7 +115,7 @@ class SourcesTest(TinyConfigCase):
         sets = build_prompt_sets(config, {"dev": 10, "test": 10}, min_len=16, max_len=32, continuation_len=8, seed=0)
         validation = [encode_prompt(s) for s in load_stories(config, "validation")]
         for prompt_set in sets.values():
-            for prompt, story_id in zip(prompt_set.prompts, prompt_set.story_ids):
+            for prompt, story_id in zip(prompt_set.prompts, prompt_set.story_ids, strict=True):
                 self.assertEqual(prompt, validation[story_id][:len(prompt)])
 
     def test_too_few_stories_is_a_one_line_error_not_a_cycle(self):
@@ -124,6 +126,7 @@ class SourcesTest(TinyConfigCase):
         self.assertNotIn("\n", message)
         self.assertIn("16", message)  # how many were needed
 
+    @slow
     def test_prompt_lengths_too_short_to_be_distinct_is_an_error(self):
         # every tinytales story starts with one of a few openings, so 2-token prompts collide almost at once
         with self.assertRaises(TidalError):
@@ -136,6 +139,7 @@ class SourcesTest(TinyConfigCase):
         with self.assertRaises(ValueError):
             build_prompt_sets(self.config, {"test": 0}, min_len=4, max_len=8, continuation_len=8, seed=0)
 
+    @slow
     def test_demo_and_base_sizes_build_in_seconds(self):
         start = time.perf_counter()
         sets = build_prompt_sets(self.config, {"train": 1000, "dev": 256, "test": 512}, min_len=16, max_len=32,

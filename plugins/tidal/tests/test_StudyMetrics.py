@@ -11,11 +11,26 @@ import numpy as np
 import sacrebleu
 
 from plugins.tidal.DataPipeline import EOT_TOKEN_ID, TinyTales, encode_prompt
-from plugins.tidal.StudyMetrics import bootstrap_mean_ci, corpus_measures, distinct_n, frontier_gap, interpolate, \
-    measure, pareto_frontier, self_bleu
+from plugins.tidal.StudyMetrics import (
+    _as_rows,
+    _frontier_at,
+    bootstrap_mean_ci,
+    corpus_measures,
+    distinct_n,
+    frontier_gap,
+    measure,
+    pareto_frontier,
+    self_bleu,
+)
 from plugins.tidal.tests.test_Judges import tiny_judge
 
 EOS = 5  # the tiny judge's vocabulary is 0..5
+
+
+def interpolate(frontier: list[tuple[float, float]], diversity: float) -> float | None:
+    """The frontier's quality at `diversity` through the vectorised path `frontier_gap` uses; None outside it."""
+    value = _frontier_at(*_as_rows(frontier), np.array([float(diversity)]))[0]
+    return None if np.isnan(value) else float(value)
 
 
 class MeasureTest(unittest.TestCase):

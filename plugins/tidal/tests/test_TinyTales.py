@@ -6,7 +6,7 @@ import random
 import re
 import unittest
 
-from plugins.tidal.TinyTales import TinyTales
+from plugins.tidal.TinyTales import _BOYS, _GIRLS, _PET_NAMES, _PLACES, TinyTales
 from plugins.tidal.Tokenizer import get_tokenizer
 from plugins.tidal.Utils import BASE_CONFIG_PATH, read_yaml
 
@@ -22,7 +22,8 @@ class TinyTalesTest(unittest.TestCase):
     def test_same_seed_same_stories_different_seed_different(self):
         self.assertEqual(TinyTales(42).stories(0, 20), self.sample[:20])
         other = TinyTales(7).stories(0, 20)
-        self.assertGreaterEqual(sum(a != b for a, b in zip(other, self.sample)), 18)
+        # strict=False: `other` is the first 20 stories, compared with the first 20 of the 500-story sample
+        self.assertGreaterEqual(sum(a != b for a, b in zip(other, self.sample, strict=False)), 18)
 
     def test_story_is_random_access(self):
         # story(i) must not depend on which stories were generated before it (splits and caps rely on it)
@@ -33,8 +34,8 @@ class TinyTalesTest(unittest.TestCase):
     def test_stories_are_distinct_and_varied(self):
         self.assertGreaterEqual(len(set(self.sample)), 0.95 * len(self.sample))
         text = "\n".join(self.sample)
-        names = {n for n in TinyTales.NAMES if re.search(rf"\b{n}\b", text)}
-        places = {p for p in TinyTales.PLACES if f"the {p}" in text}
+        names = {n for n in _GIRLS + _BOYS + _PET_NAMES if re.search(rf"\b{n}\b", text)}
+        places = {p for p in _PLACES if f"the {p}" in text}
         self.assertGreaterEqual(len(names), 40)
         self.assertGreaterEqual(len(places), 8)
 

@@ -14,12 +14,12 @@ from unittest import mock
 
 import numpy as np
 
+from core.errors import TidalError
 from plugins.tidal import DataPipeline as dp
 from plugins.tidal import TokenCache as tc
-from plugins.tidal.Tokenizer import EOT_TOKEN_ID, TOKENIZER_SHA256, get_tokenizer
-from plugins.tidal.Utils import TidalError
 from plugins.tidal.tests.test_DataSources import STORIES, make_config
 from plugins.tidal.tests.test_Tokenizer import TempDirTestCase
+from plugins.tidal.Tokenizer import EOT_TOKEN_ID, TOKENIZER_SHA256, get_tokenizer
 
 
 def expected_stream(stories: list[str]) -> list[int]:

@@ -12,8 +12,8 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
+from core.errors import TidalError
 from plugins.tidal import Tokenizer as tk
-from plugins.tidal.Utils import TidalError
 
 ASSET = Path(tk.__file__).resolve().parent / "assets" / "gpt2.tiktoken"
 

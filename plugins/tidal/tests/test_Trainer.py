@@ -3,11 +3,13 @@ import unittest
 
 import torch
 
-from MetricsLogger import MetricsLogger, read_jsonl
+from core.errors import TidalError
+from core.io import read_jsonl
+from core.testing import slow
+from MetricsLogger import MetricsLogger
+from plugins.tidal.tests.support import TempDirTestCase, tiny_config
 from plugins.tidal.Trainer import EarlyStopping, Trainer
 from plugins.tidal.TransformerLM import TransformerLM, load_model_weights
-from plugins.tidal.Utils import TidalError
-from tests.support import TempDirTestCase, tiny_config
 
 CPU = torch.device("cpu")
 
@@ -46,6 +48,7 @@ class TrainerTestCase(TempDirTestCase):
 
 
 class TestTraining(TrainerTestCase):
+    @slow
     def test_one_epoch_learns_and_writes_every_checkpoint(self):
         config = self.config(EVAL_INTERVAL=10, BUILTIN_NUM_STORIES=80,
                              LEARNING_RATE_SCHEDULER={"WARMUP_RATIO": 0.1, "BASE_LR": 1e-2, "MIN_LR": 1e-4})
@@ -61,6 +64,7 @@ class TestTraining(TrainerTestCase):
         load_model_weights(model, exp / "checkpoint_foundational_epoch_1.pth")  # a raw, loadable state_dict
         self.assertFalse(list(exp.glob(".*.tmp")), "no temporary files left behind")
 
+    @slow
     def test_logs_the_documented_metric_keys(self):
         _, _, exp = self.train("run", self.config(), max_steps=6)
         train_record = [r for r in read_jsonl(exp / "dashboard_metrics" / "metrics.jsonl") if "Losses/Total" in r][-1]
@@ -73,6 +77,7 @@ class TestTraining(TrainerTestCase):
         with self.assertRaises(TidalError):
             Trainer(self.config(BATCH_SIZE=8, DESIRED_BATCH_SIZE=12), self.tmp, CPU)
 
+    @slow
     def test_accumulation_matches_one_big_batch(self):
         # 2 micro-batches of 4 accumulate to the same update as one batch of 8 (no dropout).
         _, _, a = self.train("a", self.config(BATCH_SIZE=8, DESIRED_BATCH_SIZE=8), max_steps=3)
@@ -83,6 +88,7 @@ class TestTraining(TrainerTestCase):
 
 
 class TestStopAndResume(TrainerTestCase):
+    @slow
     def test_terminate_then_resume_reproduces_the_uninterrupted_run(self):
         config = self.config(DROPOUT=0.1, EVAL_INTERVAL=4)  # dropout: the RNG state must be restored too
         _, _, full = self.train("full", config, max_steps=12)
@@ -101,6 +107,7 @@ class TestStopAndResume(TrainerTestCase):
     def series(exp, key):
         return {r["step"]: r[key] for r in read_jsonl(exp / "dashboard_metrics" / "metrics.jsonl") if key in r}
 
+    @slow
     def test_resume_keeps_the_horizon_and_schedule_the_run_was_started_with(self):
         # the epoch is much longer than 12 steps: a resume that forgot the horizon would train on to its end
         _, _, full = self.train("full", self.config(), max_steps=12)
@@ -116,6 +123,7 @@ class TestStopAndResume(TrainerTestCase):
         self.assertEqual(progress, sorted(progress), "progress never goes backwards")
         self.assertEqual(progress[-1], 1.0)
 
+    @slow
     def test_resume_with_a_new_horizon_rebuilds_the_schedule_and_says_so(self):
         from plugins.tidal.DynamicLRScheduler import DynamicLRScheduler
 
@@ -141,6 +149,7 @@ class TestStopAndResume(TrainerTestCase):
             Trainer(self.config(), exp, CPU, max_steps=2).run(resume_from=exp)
 
 
+@slow
 class TestEarlyStopping(TrainerTestCase):
     def test_rule(self):
         es = EarlyStopping(patience=2, min_delta=0.1)

@@ -5,9 +5,13 @@ import subprocess
 import sys
 import unittest
 
-from plugins.tidal.TrajectoryAnalyzer import (analyze_batch, analyze_trajectory, cross_prompt_variance,
-                                              sweep_text_properties)
-from plugins.tidal.Utils import PROJECT_ROOT
+from core.paths import PROJECT_ROOT
+from plugins.tidal.TrajectoryAnalyzer import (
+    analyze_batch,
+    analyze_trajectory,
+    cross_prompt_variance,
+    sweep_text_properties,
+)
 
 
 def trajectory(values, nested=True):

@@ -2,16 +2,22 @@
 import math
 import tempfile
 import unittest
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 import torch
 
+from core.errors import TidalError
+from plugins.tidal.tests.support import base_config, tiny_config
 from plugins.tidal.TransformerLM import (
-    KVCache, PackedLinear, TransformerLM, count_parameters, load_model_weights, model_state_dict,
+    KVCache,
+    LMOutput,
+    PackedLinear,
+    TransformerLM,
+    count_parameters,
+    load_model_weights,
+    model_state_dict,
 )
-from plugins.tidal.Utils import TidalError
-from tests.support import base_config, tiny_config
 
 VOCAB = 100
 
@@ -40,18 +46,22 @@ class TestArchitecture(unittest.TestCase):
     def test_forward_shapes_and_loss(self):
         model = tiny_model()
         x = torch.randint(0, VOCAB, (3, 10))
-        logits = model(x)
-        self.assertEqual(tuple(logits.shape), (3, 10, VOCAB))
-        logits, loss = model(x, target_ids=x)
-        self.assertAlmostEqual(loss.item(), torch.nn.functional.cross_entropy(logits.view(-1, VOCAB), x.view(-1)).item(),
-                               places=5)
-        logits, loss, hidden = model(x, target_ids=x, return_hidden=True)
-        self.assertEqual(tuple(hidden.shape), (3, 10, 32))
+        out = model(x)
+        self.assertIsInstance(out, LMOutput)
+        self.assertEqual(tuple(out.logits.shape), (3, 10, VOCAB))
+        self.assertEqual((out.loss, out.cache, out.hidden), (None, None, None))  # only what was asked for
+        out = model(x, target_ids=x)
+        expected = torch.nn.functional.cross_entropy(out.logits.view(-1, VOCAB), x.view(-1)).item()
+        self.assertAlmostEqual(out.loss.item(), expected, places=5)
+        out = model(x, target_ids=x, return_hidden=True)
+        self.assertEqual(tuple(out.hidden.shape), (3, 10, 32))
+        self.assertIsNone(out.cache)
+        self.assertIsInstance(model(x[:, :4], use_cache=True).cache, KVCache)
 
     def test_untrained_loss_is_near_log_vocab(self):
         model = tiny_model()
         x = torch.randint(0, VOCAB, (4, 16))
-        _, loss = model(x, target_ids=x)
+        loss = model(x, target_ids=x).loss
         self.assertLess(abs(loss.item() - math.log(VOCAB)), 0.5)
 
 
@@ -64,22 +74,22 @@ class TestGates(unittest.TestCase):
             for gate in (block.attn_gate, block.ffn_gate):
                 gate.net[2].bias.data.fill_(40.0)
         x = torch.randint(0, VOCAB, (2, 12))
-        ungated = model(x)
-        gated = model(x, gate_signals=torch.full((2, 1), 0.7))
+        ungated = model(x).logits
+        gated = model(x, gate_signals=torch.full((2, 1), 0.7)).logits
         self.assertTrue(torch.equal(ungated, gated))
 
     def test_non_neutral_gate_changes_output(self):
         model = tiny_model()
         x = torch.randint(0, VOCAB, (2, 12))
-        self.assertFalse(torch.allclose(model(x), model(x, gate_signals=torch.full((2, 1), 0.5))))
+        self.assertFalse(torch.allclose(model(x).logits, model(x, gate_signals=torch.full((2, 1), 0.5)).logits))
 
     def test_trained_gate_responds_to_the_signal(self):
         model = tiny_model()
         for block in model.transformer_blocks:
             torch.nn.init.normal_(block.attn_gate.net[2].weight, std=1.0)
         x = torch.randint(0, VOCAB, (1, 8))
-        low = model(x, gate_signals=torch.zeros(1, 1))
-        high = model(x, gate_signals=torch.ones(1, 1))
+        low = model(x, gate_signals=torch.zeros(1, 1)).logits
+        high = model(x, gate_signals=torch.ones(1, 1)).logits
         self.assertFalse(torch.allclose(low, high))
 
     def test_per_position_signal_equals_per_sequence_when_constant(self):
@@ -87,8 +97,8 @@ class TestGates(unittest.TestCase):
         for block in model.transformer_blocks:
             torch.nn.init.normal_(block.ffn_gate.net[2].weight, std=1.0)
         x = torch.randint(0, VOCAB, (2, 9))
-        per_seq = model(x, gate_signals=torch.tensor([[0.2], [0.9]]))
-        per_pos = model(x, gate_signals=torch.tensor([[0.2], [0.9]]).view(2, 1, 1).expand(2, 9, 1))
+        per_seq = model(x, gate_signals=torch.tensor([[0.2], [0.9]])).logits
+        per_pos = model(x, gate_signals=torch.tensor([[0.2], [0.9]]).view(2, 1, 1).expand(2, 9, 1)).logits
         torch.testing.assert_close(per_seq, per_pos)
 
     def test_per_position_signal_is_causal(self):
@@ -100,7 +110,7 @@ class TestGates(unittest.TestCase):
         g1 = torch.full((1, 6, 1), 0.5)
         g2 = g1.clone()
         g2[0, -1, 0] = 1.0
-        a, b = model(x, gate_signals=g1), model(x, gate_signals=g2)
+        a, b = model(x, gate_signals=g1).logits, model(x, gate_signals=g2).logits
         torch.testing.assert_close(a[:, :-1], b[:, :-1])
         self.assertFalse(torch.allclose(a[:, -1], b[:, -1]))
 
@@ -113,21 +123,21 @@ class TestKVCache(unittest.TestCase):
     def test_incremental_decoding_matches_full_recompute(self):
         model = tiny_model()
         x = torch.randint(0, VOCAB, (2, 20))
-        full = model(x)
-        logits, cache = model(x[:, :7], use_cache=True)
-        steps = [logits]
+        full = model(x).logits
+        out = model(x[:, :7], use_cache=True)
+        steps = [out.logits]
         for t in range(7, 20):
-            logits, cache = model(x[:, t:t + 1], past_key_values=cache, use_cache=True)
-            steps.append(logits)
+            out = model(x[:, t:t + 1], past_key_values=out.cache, use_cache=True)
+            steps.append(out.logits)
         torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=0)
 
     def test_chunked_prefill_matches_full_recompute(self):
         model = tiny_model()
         x = torch.randint(0, VOCAB, (2, 20))
-        full = model(x)
-        a, cache = model(x[:, :8], use_cache=True)
-        b, cache = model(x[:, 8:], past_key_values=cache, use_cache=True)
-        torch.testing.assert_close(torch.cat([a, b], dim=1), full, atol=1e-4, rtol=0)
+        full = model(x).logits
+        a = model(x[:, :8], use_cache=True)
+        b = model(x[:, 8:], past_key_values=a.cache, use_cache=True)
+        torch.testing.assert_close(torch.cat([a.logits, b.logits], dim=1), full, atol=1e-4, rtol=0)
 
     def test_cached_gated_decoding_matches_recompute_with_per_position_signals(self):
         model = tiny_model()
@@ -135,13 +145,13 @@ class TestKVCache(unittest.TestCase):
             torch.nn.init.normal_(block.attn_gate.net[2].weight, std=1.0)
         x = torch.randint(0, VOCAB, (2, 10))
         g = torch.rand(2, 10, 1)
-        full = model(x, gate_signals=g)
-        logits, cache = model(x[:, :4], gate_signals=g[:, :4], use_cache=True)
-        out = [logits]
+        full = model(x, gate_signals=g).logits
+        out = model(x[:, :4], gate_signals=g[:, :4], use_cache=True)
+        steps = [out.logits]
         for t in range(4, 10):
-            logits, cache = model(x[:, t:t + 1], gate_signals=g[:, t], past_key_values=cache, use_cache=True)
-            out.append(logits)
-        torch.testing.assert_close(torch.cat(out, dim=1), full, atol=1e-4, rtol=0)
+            out = model(x[:, t:t + 1], gate_signals=g[:, t], past_key_values=out.cache, use_cache=True)
+            steps.append(out.logits)
+        torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=0)
 
     def test_context_slides_beyond_max_length(self):
         # Rotary positions make attention depend on relative offsets only, so for one layer a rolling cache equals a
@@ -150,36 +160,38 @@ class TestKVCache(unittest.TestCase):
         model = tiny_model(NUM_TRANSFORMER_BLOCKS=1)  # MAX_CONTEXT_LENGTH 32
         L = model.max_context_length
         x = torch.randint(0, VOCAB, (1, L + 15))
-        logits, cache = model(x[:, :L], use_cache=True)
+        out = model(x[:, :L], use_cache=True)
         for t in range(L, L + 15):
-            logits, cache = model(x[:, t:t + 1], past_key_values=cache, use_cache=True)
+            out = model(x[:, t:t + 1], past_key_values=out.cache, use_cache=True)
             window = x[:, t - L + 1:t + 1]
-            torch.testing.assert_close(logits[:, -1], model(window)[:, -1], atol=1e-4, rtol=0)
+            torch.testing.assert_close(out.logits[:, -1], model(window).logits[:, -1], atol=1e-4, rtol=0)
 
     def test_cache_rows_can_be_replaced(self):
         # The RL environment restarts single episodes inside a batched cache.
         model = tiny_model()
         a = torch.randint(0, VOCAB, (2, 6))
         b = torch.randint(0, VOCAB, (1, 4))
-        _, cache = model(a, use_cache=True, cache_capacity=16)
-        _, fresh = model(b, use_cache=True, cache_capacity=16)
+        cache = model(a, use_cache=True, cache_capacity=16).cache
+        fresh = model(b, use_cache=True, cache_capacity=16).cache
         cache.replace_rows(torch.tensor([1]), fresh)
         nxt = torch.randint(0, VOCAB, (2, 1))
-        logits, _ = model(nxt, past_key_values=cache, use_cache=True)
-        torch.testing.assert_close(logits[1, -1], model(torch.cat([b, nxt[1:]], dim=1))[0, -1], atol=1e-4, rtol=0)
-        torch.testing.assert_close(logits[0, -1], model(torch.cat([a[:1], nxt[:1]], dim=1))[0, -1], atol=1e-4, rtol=0)
+        logits = model(nxt, past_key_values=cache, use_cache=True).logits
+        torch.testing.assert_close(logits[1, -1], model(torch.cat([b, nxt[1:]], dim=1)).logits[0, -1], atol=1e-4,
+                                   rtol=0)
+        torch.testing.assert_close(logits[0, -1], model(torch.cat([a[:1], nxt[:1]], dim=1)).logits[0, -1], atol=1e-4,
+                                   rtol=0)
 
     def test_left_padded_rows_ignore_padding(self):
         model = tiny_model()
         short = torch.randint(0, VOCAB, (1, 3))
         padded = torch.cat([torch.zeros(1, 2, dtype=torch.long), short], dim=1)
         valid = torch.tensor([[False, False, True, True, True]])
-        logits, _ = model(padded, use_cache=True, attention_mask=valid)
-        torch.testing.assert_close(logits[:, -1], model(short)[:, -1], atol=1e-4, rtol=0)
+        logits = model(padded, use_cache=True, attention_mask=valid).logits
+        torch.testing.assert_close(logits[:, -1], model(short).logits[:, -1], atol=1e-4, rtol=0)
         self.assertFalse(torch.isnan(logits).any())
 
     def test_kvcache_type(self):
-        _, cache = tiny_model()(torch.zeros(1, 3, dtype=torch.long), use_cache=True)
+        cache = tiny_model()(torch.zeros(1, 3, dtype=torch.long), use_cache=True).cache
         self.assertIsInstance(cache, KVCache)
         self.assertEqual(cache.next_pos.tolist(), [3])
 
@@ -254,7 +266,7 @@ class TestDecodeFastPaths(unittest.TestCase):
         eager, fast = tiny_model(INFERENCE_WEIGHTS="eager"), tiny_model(INFERENCE_WEIGHTS="fp32")
         x = torch.randint(0, VOCAB, (3, 9))
         with torch.no_grad():
-            torch.testing.assert_close(fast(x), eager(x), atol=1e-5, rtol=0)
+            torch.testing.assert_close(fast(x).logits, eager(x).logits, atol=1e-5, rtol=0)
         kw = dict(max_new_tokens=30, temperature=0.8, top_k=20, top_p=0.9, repetition_penalty=1.2, seed=4)
         self.assertTrue(torch.equal(fast.generate(x, **kw), eager.generate(x, **kw)))
 
@@ -266,8 +278,8 @@ class TestDecodeFastPaths(unittest.TestCase):
         x = torch.randint(0, VOCAB, (3, 9))
         kw = dict(max_new_tokens=30, temperature=0.8, top_k=20, top_p=0.9, repetition_penalty=1.2, seed=4)
         with mock.patch.object(PackedLinear, "ONEDNN_MIN_MACS", 0), torch.no_grad():
-            torch.testing.assert_close(fast(x), eager(x), atol=1e-5, rtol=0)
-            torch.testing.assert_close(fast(x[:1, :1]), eager(x[:1, :1]), atol=1e-5, rtol=0)
+            torch.testing.assert_close(fast(x).logits, eager(x).logits, atol=1e-5, rtol=0)
+            torch.testing.assert_close(fast(x[:1, :1]).logits, eager(x[:1, :1]).logits, atol=1e-5, rtol=0)
             self.assertTrue(torch.equal(fast.generate(x, **kw), eager.generate(x, **kw)))
             self.assertTrue(fast.output_projection._packed[3] is not None)  # the oneDNN copy was used
 
@@ -280,7 +292,7 @@ class TestDecodeFastPaths(unittest.TestCase):
         load_model_weights(fast, model_state_dict(eager))
         x = torch.randint(0, VOCAB, (4, 12))
         with torch.no_grad():
-            ref, out = eager(x), fast(x)
+            ref, out = eager(x).logits, fast(x).logits
         tolerance = 0.02 * ref.abs().max().item()
         self.assertLessEqual((out - ref).abs().max().item(), tolerance)
         top2 = ref.topk(2, dim=-1).values
@@ -294,27 +306,28 @@ class TestDecodeFastPaths(unittest.TestCase):
         with torch.no_grad():
             model(x)  # packs the weights
         opt = torch.optim.AdamW(model.parameters(), lr=0.1)
-        model(x, target_ids=x)[1].backward()
+        model(x, target_ids=x).loss.backward()
         opt.step()
         with torch.no_grad():
-            torch.testing.assert_close(model(x), _eager_logits(model, x), atol=1e-5, rtol=0)
+            torch.testing.assert_close(model(x).logits, _eager_logits(model, x), atol=1e-5, rtol=0)
         load_model_weights(model, model_state_dict(tiny_model(seed=7)))
         with torch.no_grad():
-            torch.testing.assert_close(model(x), _eager_logits(model, x), atol=1e-5, rtol=0)
+            torch.testing.assert_close(model(x).logits, _eager_logits(model, x), atol=1e-5, rtol=0)
 
     def test_aligned_cache_matches_the_per_row_bookkeeping(self):
         # generate's cache (all rows together, no padding) writes slices and attends without a mask; forcing the
         # per-row path on a twin cache must give the same logits through a chunked prefill and past the ring's end.
         model = tiny_model(NUM_TRANSFORMER_BLOCKS=2)
         x = torch.randint(0, VOCAB, (3, 30))
-        _, fast = model(x[:, :6], use_cache=True, cache_capacity=12)
+        fast = model(x[:, :6], use_cache=True, cache_capacity=12).cache
         slow = model.new_cache(3, 12, torch.device("cpu"), torch.float32)
         slow.aligned = None
         model(x[:, :6], past_key_values=slow, use_cache=True)
         for chunk in ((6, 9), *((t, t + 1) for t in range(9, 30))):
-            a, fast = model(x[:, chunk[0]:chunk[1]], past_key_values=fast, use_cache=True)
-            b, slow = model(x[:, chunk[0]:chunk[1]], past_key_values=slow, use_cache=True)
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+            a = model(x[:, chunk[0]:chunk[1]], past_key_values=fast, use_cache=True)
+            b = model(x[:, chunk[0]:chunk[1]], past_key_values=slow, use_cache=True)
+            fast, slow = a.cache, b.cache
+            torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=0)
         self.assertEqual(fast.aligned, 30)
         self.assertIsNone(slow.aligned)
         self.assertTrue(torch.equal(fast.key_pos.sort(dim=1).values, slow.key_pos.sort(dim=1).values))
@@ -327,11 +340,12 @@ class TestDecodeFastPaths(unittest.TestCase):
         model = tiny_model()
         short, nxt = torch.randint(0, VOCAB, (1, 3)), torch.randint(0, VOCAB, (1, 4))
         padded = torch.cat([torch.zeros(1, 2, dtype=torch.long), short], dim=1)
-        _, cache = model(padded, use_cache=True, attention_mask=torch.tensor([[False, False, True, True, True]]))
+        cache = model(padded, use_cache=True, attention_mask=torch.tensor([[False, False, True, True, True]])).cache
         for t in range(4):
-            logits, cache = model(nxt[:, t:t + 1], past_key_values=cache, use_cache=True)
-            full = model(torch.cat([short, nxt[:, :t + 1]], dim=1))
-            torch.testing.assert_close(logits[:, -1], full[:, -1], atol=1e-4, rtol=0)
+            out = model(nxt[:, t:t + 1], past_key_values=cache, use_cache=True)
+            cache = out.cache
+            full = model(torch.cat([short, nxt[:, :t + 1]], dim=1)).logits
+            torch.testing.assert_close(out.logits[:, -1], full[:, -1], atol=1e-4, rtol=0)
 
     def test_eos_checked_every_few_tokens_gives_the_per_token_result(self):
         model = tiny_model()
@@ -350,7 +364,7 @@ class TestDecodeFastPaths(unittest.TestCase):
 def _eager_logits(model, x):
     """The logits of the plain nn.Linear path (grad enabled), detached."""
     with torch.enable_grad():
-        return model(x).detach()
+        return model(x).logits.detach()
 
 
 class TestCheckpoints(unittest.TestCase):
@@ -362,7 +376,7 @@ class TestCheckpoints(unittest.TestCase):
             torch.save(model_state_dict(model), path)
             load_model_weights(other, path)
         x = torch.randint(0, VOCAB, (1, 8))
-        self.assertTrue(torch.equal(model(x), other(x)))
+        self.assertTrue(torch.equal(model(x).logits, other(x).logits))
 
     def test_compiled_prefix_stripped_and_wrapped_dict_accepted(self):
         model = tiny_model(seed=1)
@@ -395,13 +409,12 @@ class TestLastOnly(unittest.TestCase):
         x = torch.randint(0, VOCAB, (3, 9))
         mask = torch.ones(3, 9, dtype=torch.bool)
         mask[0, :4] = False  # left padding, as the RL environment prefills
-        full, cache_full, hidden_full = model(x, use_cache=True, return_hidden=True, attention_mask=mask)
-        last, cache_last, hidden_last = model(x, use_cache=True, return_hidden=True, attention_mask=mask,
-                                              last_only=True)
-        self.assertEqual(tuple(last.shape), (3, 1, VOCAB))
-        torch.testing.assert_close(last[:, 0], full[:, -1])
-        torch.testing.assert_close(hidden_last[:, 0], hidden_full[:, -1])
-        for a, b in zip(cache_full.k, cache_last.k):
+        full = model(x, use_cache=True, return_hidden=True, attention_mask=mask)
+        last = model(x, use_cache=True, return_hidden=True, attention_mask=mask, last_only=True)
+        self.assertEqual(tuple(last.logits.shape), (3, 1, VOCAB))
+        torch.testing.assert_close(last.logits[:, 0], full.logits[:, -1])
+        torch.testing.assert_close(last.hidden[:, 0], full.hidden[:, -1])
+        for a, b in zip(full.cache.k, last.cache.k, strict=True):
             self.assertTrue(torch.equal(a, b))
 
 

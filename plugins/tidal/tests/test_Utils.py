@@ -1,5 +1,4 @@
 """Configuration loading and validation, `--set` overrides, atomic writes (power-cut safe), the CLI error wrapper."""
-import os
 import signal
 import subprocess
 import sys
@@ -7,11 +6,10 @@ import textwrap
 
 import torch
 
-from plugins.tidal.Utils import (
-    ConfigError, TidalError, apply_overrides, atomic_path, atomic_torch_save, cli_main, load_config, parse_override,
-    read_yaml, validate_against,
-)
-from tests.support import PYTHON, TempDirTestCase, wait_for
+from core.errors import ConfigError, TidalError
+from core.io import atomic_path, atomic_torch_save
+from plugins.tidal.tests.support import PYTHON, TempDirTestCase, wait_for
+from plugins.tidal.Utils import apply_overrides, cli_main, load_config, parse_override, read_yaml, validate_against
 
 
 class TestConfig(TempDirTestCase):
@@ -36,7 +34,8 @@ class TestConfig(TempDirTestCase):
         cases = [({"X": 0.5, "F": True, "S": {"LR": 0.1}, "OPT": None}, "c.yaml: missing key N"),
                  ({"N": "2", "X": 0.5, "F": True, "S": {"LR": 0.1}, "OPT": None},
                   "c.yaml: N must be an integer, got string '2'"),
-                 ({"N": 2, "X": 0.5, "F": 1, "S": {"LR": 0.1}, "OPT": None}, "c.yaml: F must be a boolean, got integer 1"),
+                 ({"N": 2, "X": 0.5, "F": 1, "S": {"LR": 0.1}, "OPT": None},
+                  "c.yaml: F must be a boolean, got integer 1"),
                  ({"N": 2, "X": 0.5, "F": True, "S": {}, "OPT": None}, "c.yaml: missing key S.LR")]
         for config, message in cases:
             with self.subTest(message=message), self.assertRaises(ConfigError) as ctx:
@@ -109,9 +108,7 @@ class TestAtomicWrites(TempDirTestCase):
         target = self.tmp / "model.pth"
         atomic_torch_save({"w": torch.ones(3)}, target)
         script = textwrap.dedent(f"""
-            import sys, torch
-            sys.path.insert(0, {os.getcwd()!r})
-            from plugins.tidal.Utils import atomic_path
+            from core.io import atomic_path
             with atomic_path({str(target)!r}) as tmp:
                 with open(tmp, "wb") as f:
                     f.write(b"x" * 1024)

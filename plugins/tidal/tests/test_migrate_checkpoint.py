@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
-from plugins.tidal.Utils import PROJECT_ROOT, TidalError
+from core.errors import TidalError
+from core.paths import PROJECT_ROOT
+from core.testing import slow
 from plugins.tidal.migrate_checkpoint import main, migrate_gate_dim
 
 EMBED_DIM, GATE_HIDDEN = 64, 32
@@ -149,6 +151,7 @@ class TestCommandLine(unittest.TestCase):
         self.assert_one_line_error(code, err, "7")
         self.assertFalse((self.tmp / "x.pth").exists())
 
+    @slow
     def test_module_and_file_forms_run_as_processes(self):
         src, dst = self.tmp / "old.pth", self.tmp / "new.pth"
         torch.save(old_state_dict(), src)

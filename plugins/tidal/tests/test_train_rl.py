@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 import yaml
 
+from core.paths import PROJECT_ROOT
+from core.testing import slow
+from plugins.tidal.tests.support import PYTHON, TempDirTestCase, rl_config, run_python, tiny_config, wait_for
 from plugins.tidal.TransformerLM import TransformerLM, model_state_dict, read_checkpoint
-from plugins.tidal.Utils import PROJECT_ROOT
-from tests.support import PYTHON, TempDirTestCase, rl_config, run_python, tiny_config, wait_for
 
 TINY_RL = dict(RL_NUM_ENVS=2, RL_SAMPLES_PER_PROMPT=2, RL_ROLLOUT_STEPS=8, RL_MAX_EPISODE_LENGTH=6,
                RL_BATCH_SIZE=16, RL_NUM_PROMPTS=8, RL_DEV_PROMPTS=3, RL_ABLATION_NUM_PROMPTS=3, RL_STUDY_BATCH=6,
@@ -59,6 +60,7 @@ class TrainRLTestCase(TempDirTestCase):
         return exp
 
 
+@slow
 class TestTrainRL(TrainRLTestCase):
     def test_seed_command_trains_checkpoints_and_runs_the_ablation(self):
         proc = run_python(*self.args(), env=self.env, timeout=300)
@@ -68,7 +70,8 @@ class TestTrainRL(TrainRLTestCase):
         meta = json.loads((exp / "metadata.json").read_text())
         self.assertEqual((meta["type"], meta["source_checkpoint"]), ("rl", str(self.checkpoint)))
         for name in ("rl_checkpoint_iter_1.pth", "rl_checkpoint_iter_2.pth", "rl_checkpoint_final.pth",
-                     "ablation_results.json", "base_config.yaml", "rl_config.yaml", "rl_metrics/rl_training_metrics.json",
+                     "ablation_results.json", "base_config.yaml", "rl_config.yaml",
+                     "rl_metrics/rl_training_metrics.json",
                      "dashboard_metrics/rl_metrics.jsonl"):
             self.assertTrue((exp / name).is_file(), name)
         state = read_checkpoint(exp / "rl_checkpoint_final.pth")

@@ -8,7 +8,7 @@ import { reportError } from "../toast.js";
 import { statusBadge } from "./experiment.js";
 
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
-// which control makes sense in which state (the server's state machine: dashboard/server/services/jobs_core.py)
+// which control makes sense in which state (the server's state machine: core/jobs.py)
 const ENABLED = {
   complete: (s) => s === "running",
   stop: (s) => s === "running" || s === "completing",

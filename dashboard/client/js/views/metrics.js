@@ -45,18 +45,27 @@ const SPECS = {
       { key: "entropy", label: "Entropy" }, { key: "explained_variance", label: "Explained variance" },
       { key: "steps_per_second", label: "Steps/s" }, { key: "progress", label: "Progress", fmt: pct },
     ],
-    charts: [
+    get charts() { return [ // a getter: the reward components come from the manifest, loaded after this module
       { key: "episode_rewards", title: "Episode reward (sum over an episode's tokens)", smooth: true },
       { key: "policy_loss", title: "Policy and value loss", extra: [{ key: "value_loss", scale: "y2" }], y2Label: "value loss" },
       { key: "entropy", title: "Entropy and its coefficient", extra: [{ key: "entropy_coef", scale: "y2" }], y2Label: "coefficient" },
       { key: "gate_modulation", title: "Mean action (m, or the residual action's index)" },
-      { key: "reward_quality", title: "Reward components (mean per token): judge quality, repetition, overlap", extra: ["reward_repetition", "reward_overlap"].map((key) => ({ key })) },
+      ...rewardCharts(),
       { key: "explained_variance", title: "Explained variance" },
       { key: "lagrange_multiplier", title: "Lagrange multiplier λ", optional: true, extra: [{ key: "mean_cost", scale: "y2" }], y2Label: "mean cost" },
       ...SYSTEM_CHARTS,
-    ],
+    ]; },
   },
 };
+
+// One chart of the RL reward components the plugin declares (manifest metrics.rl.rewardComponents; the trainer
+// logs each as reward_<name>).
+function rewardCharts() {
+  const names = state.manifest?.metrics?.rl?.rewardComponents || [];
+  if (!names.length) return [];
+  const [first, ...rest] = names.map((name) => `reward_${name}`);
+  return [{ key: first, title: `Reward components (mean per token): ${names.join(", ")}`, extra: rest.map((key) => ({ key })) }];
+}
 
 export function renderMetrics(root, exp, streamReady = Promise.resolve()) {
   const spec = SPECS[exp.type] || SPECS.lm;

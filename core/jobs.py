@@ -1,6 +1,6 @@
 """The job state machine and the atomic Redis operations on job records, shared by the server and the worker.
 
-Lifecycle (SPEC §9, ADR 0007): pending → provisioning → starting → running → completed | failed | cancelled, with
+Lifecycle (ADR 0007): pending → provisioning → starting → running → completed | failed | cancelled, with
 `completing` (graceful finish requested) and `stopping` (stop requested) as transient states. `TRANSITIONS` is the
 only definition of what is legal. Each change runs as ONE Lua script that checks the current status, merges the
 patch, stores the record in the `tidal:jobs` hash, keeps the active set in step, appends the new record to the jobs
@@ -10,12 +10,17 @@ worker, the health monitor) can never apply an illegal or lost update.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-STATUSES = ("pending", "provisioning", "starting", "running", "completing", "stopping",
-            "completed", "failed", "cancelled")
+# A job id: one Redis key component and one argv item (`worker_agent.py --job-id`).
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+JobStatus = Literal["pending", "provisioning", "starting", "running", "completing", "stopping",
+                    "completed", "failed", "cancelled"]
+STATUSES: tuple[str, ...] = get_args(JobStatus)
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
-ACTIVE = frozenset(STATUSES) - TERMINAL
 STARTUP = frozenset({"pending", "provisioning", "starting"})
 RUNNING = frozenset({"running", "completing", "stopping"})
 
@@ -35,10 +40,6 @@ SIGNALS = {"complete": "completing", "stop": "stopping"}
 STREAM_MAXLEN = 10_000
 IDEMPOTENCY_TTL = 24 * 3600
 LOG_LIST_MAX = 5000
-
-
-def can_transition(current: str, target: str) -> bool:
-    return target in TRANSITIONS.get(current, ())
 
 
 def sources_of(target: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""A small HTTP inference server: `python -m plugins.tidal.inference_server [--host H] [--port N]`.
+"""A small HTTP inference server: `python -m dashboard.server.inference_server [--host H] [--port N]`.
 
 It serves POST /generate and POST /analyze-trajectories with the same bodies and answers as the dashboard's
 /api/generate and /api/analyze-trajectories (it runs the dashboard's generation service in-process), plus
@@ -14,11 +14,11 @@ import sys
 
 from fastapi import Depends, FastAPI, Request
 
-from dashboard.server.errors import install_error_handlers
-from dashboard.server.models import AnalyzeRequest, AnalyzeResponse, GenerateRequest, GenerateResponse
-from dashboard.server.services.generation import GenerationService
-from dashboard.server.services.plugin_registry import PluginRegistry
-from dashboard.server.settings import Settings
+from .errors import install_error_handlers
+from .models import AnalyzeRequest, AnalyzeResponse, GenerateRequest, GenerateResponse
+from .services.generation import GenerationService
+from .services.plugin_registry import PluginRegistry
+from .settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -56,7 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m plugins.tidal.inference_server", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m dashboard.server.inference_server",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--log-level", default="warning")
