@@ -17,11 +17,12 @@ CHROMIUM ?= /usr/bin/chromium
 export MALLOC_MMAP_THRESHOLD_ := 4294967296
 export MALLOC_TRIM_THRESHOLD_ := 17179869184
 
-.PHONY: setup chromium test test-fast demo dashboard bench clean help
+.PHONY: setup chromium test test-fast lint demo dashboard bench clean help
 
 help:
 	@echo "make demo       set up, then train the LM and the RL controller on the built-in corpus"
 	@echo "make test       set up, then run every test suite"
+	@echo "make lint       ruff and mypy (make test runs them first)"
 	@echo "make test-fast  set up, then run the suites without the slow tests (@slow: subprocesses, servers, browser)"
 	@echo "make dashboard  start the dashboard server (API + web client) on http://127.0.0.1:4400"
 	@echo "make bench      run every benchmark and regenerate the README table"
@@ -50,8 +51,13 @@ chromium:
 	fi
 
 # TIDAL_FAST is cleared for `make test` (an exported TIDAL_FAST=1 must not make it skip anything).
-test: setup
+test: setup lint
 	env -u TIDAL_FAST OMP_NUM_THREADS=1 $(PY) scripts/run_tests.py
+
+# Lint (ruff) and types (mypy), configured in pyproject.toml; `make test` runs them first, so CI fails on a finding.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # The inner loop: every test but those marked @slow (core/testing.py), in well under a minute on 2 cores.
 test-fast: setup

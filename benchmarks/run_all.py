@@ -24,6 +24,9 @@ START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
 BENCHMARKS = [
     ["benchmarks/bench_model.py"],
     ["benchmarks/bench_rl.py"],
+    # the environment before (the code issue 14 measured) and now, alternating runs of each tree's own benchmark
+    ["benchmarks/bench_rl.py", "--before", "--threads", "1"],
+    ["benchmarks/bench_rl.py", "--before", "--threads", "1", "--inference-weights", "bf16"],
     ["benchmarks/bench_api.py", "--json", str(RESULTS / "bench_api.json")],
     ["benchmarks/bench_metrics_logger.py"],
     # the full 60 s x 3 rounds figures in RELIABILITY.md come from a direct run; 20 s rounds keep `make bench` short
@@ -74,6 +77,13 @@ def table() -> str:
             rows.append(f"| RL environment steps, {r['num_envs']} vectorized envs ({r['config']} model) | "
                         f"{fmt(r['vectorized_steps_per_s'])} steps/s | one env at a time: "
                         f"{fmt(r['single_steps_per_s'])} steps/s | **{r['ratio']:.2f}×** | ≥ {r['target']:g}× |")
+    for suffix, weights in (("", "fp32"), ("_bf16", "INFERENCE_WEIGHTS bf16")):
+        history = load(f"bench_rl_before_after{suffix}.json")
+        for r in (history or {}).get("rows", []):
+            rows.append(f"| RL environment steps/s, {r['config']} model, now ({weights}, 1 thread) vs before "
+                        f"({history['ref']}) | {fmt(r['after_steps_per_s'])} steps/s | the environment at "
+                        f"{history['ref']}: {fmt(r['before_steps_per_s'])} steps/s | **{r['ratio']:.2f}×** | "
+                        f"≥ {r['target']:g}× |")
     api = load("bench_api.json")
     if api:
         ref = api["reference GET /const (trivial FastAPI)"]
