@@ -79,7 +79,9 @@ def table() -> str:
                         f"{fmt(r['single_steps_per_s'])} steps/s | **{r['ratio']:.2f}×** | ≥ {r['target']:g}× |")
     for suffix, weights in (("", "fp32"), ("_bf16", "INFERENCE_WEIGHTS bf16")):
         history = load(f"bench_rl_before_after{suffix}.json")
-        for r in (history or {}).get("rows", []):
+        if history is None:
+            continue
+        for r in history["rows"]:
             rows.append(f"| RL environment steps/s, {r['config']} model, now ({weights}, 1 thread) vs before "
                         f"({history['ref']}) | {fmt(r['after_steps_per_s'])} steps/s | the environment at "
                         f"{history['ref']}: {fmt(r['before_steps_per_s'])} steps/s | **{r['ratio']:.2f}×** | "
