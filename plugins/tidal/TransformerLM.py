@@ -164,8 +164,11 @@ class PackedLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # a compiled model (the Trainer's, in evaluation) traces the plain product: inductor picks its own layout,
-        # and the packed copy's version check would become a guard that recompiles after every optimizer step
-        if self.inference_weights == "eager" or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        # and the packed copy's version check would become a guard that recompiles after every optimizer step;
+        # under autocast (the Trainer's evaluation with AMP_DTYPE bf16) the activations arrive in the autocast dtype,
+        # which only the plain product casts for
+        if self.inference_weights == "eager" or torch.is_grad_enabled() or torch.compiler.is_compiling() \
+                or torch.is_autocast_enabled(x.device.type):
             return super().forward(x)
         _, weight, bias, onednn = self._packed_weights(x.device)
         bf16 = self.inference_weights == "bf16"
@@ -181,7 +184,7 @@ class PackedLinear(nn.Linear):
         key = (w.data_ptr(), w._version, b.data_ptr(), b._version, self.inference_weights, self.ONEDNN_MIN_MACS)
         if self._packed is None or self._packed[0] != key:
             with torch.inference_mode(False), torch.no_grad():  # normal tensors, usable outside inference mode too
-                dtype = torch.bfloat16 if self.inference_weights == "bf16" else torch.float32
+                dtype = torch.bfloat16 if self.inference_weights == "bf16" else w.dtype  # fp32: as stored
                 bias = b.detach().to(dtype)
                 onednn = None
                 if device.type == "cpu" and torch.backends.mkldnn.is_available():

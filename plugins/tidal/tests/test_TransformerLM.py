@@ -283,6 +283,15 @@ class TestDecodeFastPaths(unittest.TestCase):
             self.assertTrue(torch.equal(fast.generate(x, **kw), eager.generate(x, **kw)))
             self.assertTrue(fast.output_projection._packed[3] is not None)  # the oneDNN copy was used
 
+    def test_packed_products_under_autocast_match_the_eager_model(self):
+        # the Trainer evaluates under bf16 autocast (AMP_DTYPE bf16): activations arrive in bf16, which a packed
+        # fp32 copy cannot take; the products then run as autocast runs nn.Linear
+        eager, fast = tiny_model(INFERENCE_WEIGHTS="eager"), tiny_model(INFERENCE_WEIGHTS="fp32")
+        x = torch.randint(0, VOCAB, (3, 9))
+        with mock.patch.object(PackedLinear, "ONEDNN_MIN_MACS", 0), torch.no_grad(), \
+                torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.testing.assert_close(fast(x).logits, eager(x).logits)
+
     def test_bf16_inference_weights_stay_within_the_documented_tolerance(self):
         # bf16 keeps 8 mantissa bits: each weight is off by <= 2^-9 relatively, so the logits move by a small fraction
         # of their spread; ADR 0016 documents 2 % of the largest |logit| and that the greedy token survives where the
