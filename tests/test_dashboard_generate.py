@@ -40,6 +40,8 @@ RL = "20260101-120003-commit_nogit-config_0123456789-rl_0123456789"
 CKPT = f"experiments/{EXP}/transformer-lm_v1.0.0.pth"
 EOS_CKPT = f"experiments/{EOS}/transformer-lm_v1.0.0.pth"
 RL_CKPT = f"experiments/{RL}/rl_checkpoint_final.pth"
+RESIDUAL = "20260101-120004-commit_nogit-config_0123456789-rl_0123456789"  # a residual (categorical) agent
+RESIDUAL_CKPT = f"experiments/{RESIDUAL}/rl_checkpoint_final.pth"
 
 
 def make_checkpoints(root: Path) -> None:
@@ -60,16 +62,19 @@ def make_checkpoints(root: Path) -> None:
         torch.save(lm.state_dict(), root / exp / "transformer-lm_v1.0.0.pth")
 
 
-def make_rl_checkpoint(root: Path, rl_id: str = RL, lm_id: str = EXP) -> None:
-    """An RL run `rl_id` whose agent was trained on `lm_id`'s LM, as train_rl saves it."""
+def make_rl_checkpoint(root: Path, rl_id: str = RL, lm_id: str = EXP, residual: bool = False) -> None:
+    """An RL run `rl_id` whose agent was trained on `lm_id`'s LM, as train_rl saves it: a Beta agent over m, or a
+    categorical agent over the residual grid around a dev-chosen base decoder."""
     import torch
 
     from plugins.tidal.GatingPolicyAgent import create_agent
     from tests.support import rl_config
 
-    config = rl_config(RL_ACTION_MODE="modulation", RL_AGENT_TYPE="beta")
+    config = rl_config(RL_ACTION_MODE="residual", RL_AGENT_TYPE="categorical") if residual else \
+        rl_config(RL_ACTION_MODE="modulation", RL_AGENT_TYPE="beta")
+    base = {"temperature": 1.0, "min_p": 0.1} if residual else None
     (root / rl_id).mkdir(parents=True)
-    torch.save({"agent_state_dict": create_agent(config).state_dict(), "config": config, "action_base": None,
+    torch.save({"agent_state_dict": create_agent(config).state_dict(), "config": config, "action_base": base,
                 "lm_checkpoint": str(root / lm_id / "transformer-lm_v1.0.0.pth")},
                root / rl_id / "rl_checkpoint_final.pth")
 
@@ -80,6 +85,7 @@ class GenerateTest(LiveDashboardTestCase):
     def populate(cls, root):
         make_checkpoints(root)
         make_rl_checkpoint(root)
+        make_rl_checkpoint(root, RESIDUAL, residual=True)
 
     def generate(self, expect=200, **body):
         r = self.http.post("/api/generate", json={"checkpoint": CKPT, "prompt": "Once upon a time", "maxTokens": 10,
@@ -104,6 +110,15 @@ class GenerateTest(LiveDashboardTestCase):
         self.assertEqual(len(t["tokenIds"]), body["tokensGenerated"])
         self.assertEqual(len(t["tokenTexts"]), body["tokensGenerated"])
         self.assertEqual(set(t), {"gateSignals", "effects", "tone", "tokenIds", "tokenTexts"})
+
+    def test_fixed_mode_with_a_residual_agent_takes_an_action_index(self):
+        # a residual agent's actions are indices into its grid, not m in [0, 1]: the model code knows the grid's size
+        body = self.generate(gatingMode="fixed", modulation=3, rlCheckpoint=RESIDUAL_CKPT)
+        self.assertEqual(len(body["trajectory"]["tokenIds"]), body["tokensGenerated"])
+        error = self.generate(400, gatingMode="fixed", modulation=999, rlCheckpoint=RESIDUAL_CKPT)["error"]
+        self.assertIn("modulation must be an action index in [0, ", error)
+        self.assertEqual(self.generate(422, gatingMode="fixed", modulation=3)["detail"][0]["field"],
+                         "body.modulation")  # without an agent, m is still checked against the manifest's range
 
     def test_every_decoder_runs_with_its_parameters(self):
         cases = [({"decoder": "min_p", "minP": 0.2}, {"min_p": 0.2}), ({"decoder": "greedy"}, {"temperature": 0.0}),

@@ -353,7 +353,9 @@ def build_server(api: TidalAPI, log_level: LogLevel = "WARNING") -> MCPServer:
                                                  "token themselves, so they take no decoder parameters")] = "none",
         rl_checkpoint: Annotated[str | None, Field(max_length=1024, description="RL checkpoint for learned")]
         = None,
-        modulation: Annotated[float | None, Field(description="Modulation for gating_mode=fixed")] = None,
+        modulation: Annotated[float | None, Field(description="The action for gating_mode=fixed: m in [0, 1], or with "
+                                                  "a residual agent's rl_checkpoint an action index (0 = its base "
+                                                  "decoder)")] = None,
         seed: Annotated[int | None, Field(ge=0, le=2**31 - 1, description="Seed for a reproducible sample")]
         = None,
     ) -> dict[str, Any]:

@@ -316,7 +316,9 @@ class GenerateRequest(Request):
     edtN: float | None = Field(None, description="EDT: N in (0, 1)")
     gatingMode: GatingMode = "none"
     rlCheckpoint: PathStr | None = None
-    modulation: float | None = Field(None, description="the action for gating mode fixed")
+    modulation: float | None = Field(None, description="the action for gating mode fixed: m in the manifest's "
+                                                       "range, or with a residual agent's rlCheckpoint an action "
+                                                       "index (0 = its base decoder)")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1, strict=True)
 
 

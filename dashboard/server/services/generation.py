@@ -156,6 +156,13 @@ class GenerationService:
                 raise FieldError(f"body.{pid}", f"does not apply to decoder {name!r} (it takes {takes})")
         return name, {pid: check_parameter(self.manifest, pid, v, f"body.{pid}") for pid, v in given.items()}
 
+    def _modulation(self, req) -> float | None:
+        """The fixed action: m in the manifest's range, or — with an RL checkpoint, whose action space may be a grid
+        of actions (residual mode) — passed on for the model code to check against that space (a 400 naming it)."""
+        if req.modulation is None or req.rlCheckpoint is not None:
+            return req.modulation
+        return check_parameter(self.manifest, "modulation", req.modulation, "body.modulation")
+
     def validate_generate(self, req) -> dict:
         m = self.manifest
         decoder, values = self._decoder_values(req, req.gatingMode)
@@ -164,8 +171,7 @@ class GenerationService:
             "decoder": decoder,
             "decoder_values": values,
             "gating_mode": req.gatingMode,
-            "modulation": None if req.modulation is None else check_parameter(m, "modulation", req.modulation,
-                                                                              "body.modulation"),
+            "modulation": self._modulation(req),
             "seed": req.seed,
         }
         ckpt, rl = self._checkpoints(req.checkpoint, req.rlCheckpoint, req.gatingMode)
@@ -191,8 +197,7 @@ class GenerationService:
                                                   "parameters per token")
         params = {
             "max_tokens": check_parameter(m, "maxTokens", req.maxTokens, "body.maxTokens"),
-            "modulation": None if req.modulation is None else check_parameter(m, "modulation", req.modulation,
-                                                                              "body.modulation"),
+            "modulation": self._modulation(req),
         }
         ckpt, rl = self._checkpoints(req.checkpoint, req.rlCheckpoint, req.gatingMode)
         if ckpt is None:
