@@ -111,12 +111,22 @@ def main(argv=None) -> int:
     except Exception as exc:  # an internal error: the traceback goes to the log, one line to the user
         if metrics:
             metrics.finalize("failed", error=f"{type(exc).__name__}: {exc}")
-        append_to_log(exp_dir, traceback.format_exc())
-        raise TidalError(f"training failed: {type(exc).__name__}: {exc} "
-                         f"(traceback in {exp_dir / 'training.log'})") from None
+        raise internal_error(exc, exp_dir, dist_ctx.is_main) from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def internal_error(exc: Exception, exp_dir: Path, is_main: bool) -> TidalError:
+    """The one line for the user of an unexpected exception (call it while handling `exc`). Rank 0 appends the
+    traceback to the run's log; other ranks print it, as their node may not hold the experiment directory (ADR 0017)."""
+    if is_main:
+        append_to_log(exp_dir, traceback.format_exc())
+        where = f"traceback in {exp_dir / 'training.log'}"
+    else:
+        traceback.print_exc()
+        where = "traceback above"
+    return TidalError(f"training failed: {type(exc).__name__}: {exc} ({where})")
 
 
 def append_to_log(exp_dir: Path, text: str) -> None:

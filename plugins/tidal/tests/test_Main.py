@@ -1,5 +1,7 @@
 """The training CLI as users run it: both invocation forms, one-line errors, SIGTERM + --resume, torchrun DDP
 on one node and across two nodes."""
+import contextlib
+import io
 import json
 import os
 import signal
@@ -14,6 +16,7 @@ from core.io import read_jsonl
 from core.net import free_port
 from core.paths import PROJECT_ROOT
 from core.testing import slow
+from plugins.tidal.Main import internal_error
 from plugins.tidal.tests.support import PYTHON, TempDirTestCase, run_python, tiny_config, wait_for
 
 
@@ -112,6 +115,30 @@ class TestMainCLI(MainTestCase):
 
 
 @slow
+class TestInternalErrors(TempDirTestCase):
+    """An unexpected exception becomes one line for the user; its traceback goes where the rank can write it."""
+
+    def test_rank_zero_appends_the_traceback_to_the_runs_log(self):
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError as exc:
+            error = internal_error(exc, self.tmp, is_main=True)
+        self.assertIn("RuntimeError: boom", (self.tmp / "training.log").read_text())
+        self.assertEqual(str(error), f"training failed: RuntimeError: boom (traceback in {self.tmp / 'training.log'})")
+
+    def test_other_ranks_print_it_their_node_may_not_hold_the_experiment_directory(self):
+        # on a cluster without a shared experiments dir only rank 0's node has it (README, ADR 0017): writing the log
+        # there raised FileNotFoundError, which replaced the real error
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            try:
+                raise RuntimeError("boom")
+            except RuntimeError as exc:
+                error = internal_error(exc, self.tmp / "not-on-this-node", is_main=False)
+        self.assertIn("RuntimeError: boom", stderr.getvalue())
+        self.assertEqual(str(error), "training failed: RuntimeError: boom (traceback above)")
+
+
 class TestOffline(MainTestCase):
     def test_an_unreachable_hub_fails_within_seconds_with_one_line_recorded_in_the_run(self):
         env = {**self.env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HOME": str(self.tmp / "hf"),
