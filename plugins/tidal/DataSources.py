@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import ConfigError, TidalError
+from core.errors import TidalError
 from plugins.tidal.Config import LMConfig
 from plugins.tidal.TinyTales import TinyTales
 from plugins.tidal.Tokenizer import EOT_TEXT
@@ -60,8 +60,7 @@ def _check_split(split: str) -> None:
 
 
 def _ratio_split(n: int, split: str, ratio: float, seed: int) -> list[int]:
-    if not 0.0 <= ratio < 1.0:
-        raise ConfigError(f"VALIDATION_SPLIT_RATIO must be in [0, 1), got {ratio}")
+    """`split`'s share of n items; `ratio` in [0, 1) (LMConfig checks VALIDATION_SPLIT_RATIO)."""
     n_validation = round(n * ratio)
     if ratio > 0 and n >= 2:  # a non-zero ratio always yields both splits, however few the stories
         n_validation = min(max(n_validation, 1), n - 1)

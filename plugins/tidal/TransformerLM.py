@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import NamedTuple, cast
+from typing import NamedTuple, cast, get_args
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from core.errors import TidalError, describe_exception
-from plugins.tidal.Config import LMConfig
+from plugins.tidal.Config import InferenceWeights, LMConfig
 from plugins.tidal.Decoding import Decoder, DecodeStep, PlainDecoder, sample_tokens
 
 GateSignals = torch.Tensor | None
@@ -150,7 +150,7 @@ class PackedLinear(nn.Linear):
     weights change (an optimizer step, load_state_dict, .to()), which the tensors' version counters and storage
     pointers reveal — writes through `.data` bypass the counter and are not seen."""
 
-    MODES = ("eager", "fp32", "bf16")
+    MODES = get_args(InferenceWeights)  # direct construction is checked too (a config already is)
     ONEDNN_MIN_MACS = 1 << 20  # rows x in x out; measured crossover on the development CPU (ADR 0016)
     ONEDNN_ROWS_HINT = 16  # the batch the blocked layout is tuned for; it serves 1 to 256 rows within 10 %
 
@@ -223,9 +223,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: LMConfig):
         super().__init__()
         self.embed_dim = config.EMBED_DIM
-        self.num_heads = config.NUM_ATTENTION_HEADS
-        if self.embed_dim % self.num_heads:
-            raise ValueError("EMBED_DIM must be divisible by NUM_ATTENTION_HEADS")
+        self.num_heads = config.NUM_ATTENTION_HEADS  # LMConfig checks that the heads divide the width
         self.head_size = self.embed_dim // self.num_heads
         packing = config.INFERENCE_WEIGHTS
         self.qkv = PackedLinear(self.embed_dim, 3 * self.embed_dim, packing)
