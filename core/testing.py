@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 import unittest
@@ -20,6 +22,17 @@ from pathlib import Path
 FAST = os.environ.get("TIDAL_FAST") == "1"
 
 slow = unittest.skipIf(FAST, "slow: make test-fast skips it")
+
+
+def kill_process_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started with start_new_session=True and everything it started, if still running."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
 
 
 class TimedTextTestResult(unittest.TextTestResult):

@@ -24,7 +24,7 @@ import httpx
 import yaml
 
 from core.manifest import load_manifest
-from core.testing import slow
+from core.testing import kill_process_group, slow
 from tests.support import (
     DASHBOARD_TOKEN,
     PROJECT_ROOT,
@@ -187,12 +187,8 @@ class RayHead:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.process.wait(timeout=30)
+        if self.process is not None:
+            kill_process_group(self.process)
 
 
 @slow

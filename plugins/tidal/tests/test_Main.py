@@ -15,7 +15,7 @@ import yaml
 from core.io import read_jsonl
 from core.net import free_port
 from core.paths import PROJECT_ROOT
-from core.testing import slow
+from core.testing import kill_process_group, slow
 from plugins.tidal.Main import internal_error
 from plugins.tidal.tests.support import PYTHON, TempDirTestCase, run_python, tiny_config, wait_for
 
@@ -294,16 +294,6 @@ class TestDistributed(MainTestCase):
         self.assert_same_losses(single_exp, dist_exp)
         for name in ("transformer-lm_v1.0.0.pth", "training_state.pth", "evaluation_results.json"):
             self.assertTrue((dist_exp / name).is_file(), name)
-
-
-def kill_process_group(proc: subprocess.Popen) -> None:
-    """SIGKILL a process started with start_new_session=True and everything it started, if still running."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
 
 
 if __name__ == "__main__":
