@@ -31,12 +31,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
 
 from core.io import atomic_write_json
 from experiment_utils import resolve_device
+from plugins.tidal.Config import InferenceWeights
 from plugins.tidal.DataPipeline import EOT_TOKEN_ID
 from plugins.tidal.GatingEnvironment import GatingEnvironment
 from plugins.tidal.GatingModulator import make_action_space
@@ -182,7 +184,7 @@ def main() -> int:
                         help="torch CPU threads (default: torch's choice); 1 is steadier on a shared machine, where "
                              "OpenMP barriers stall small per-token ops")
     parser.add_argument("--output", default=str(RESULTS / "bench_rl.json"))
-    parser.add_argument("--inference-weights", choices=("eager", "fp32", "bf16"), default=None,
+    parser.add_argument("--inference-weights", choices=get_args(InferenceWeights), default=None,
                         help="override the configs' INFERENCE_WEIGHTS (with --before: this tree's side only; the old "
                              "tree has no such setting)")
     parser.add_argument("--before", nargs="?", const=BEFORE_REF, default=None, metavar="REF",
