@@ -151,7 +151,7 @@ def filter_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min
     if not bool(use_p.any()):
         if bool((k >= V).all()):
             return logits
-        kth = logits.topk(int(k.max()), dim=-1).values.gather(1, (k - 1).unsqueeze(1))  # (B, 1)
+        kth = k_largest(logits, int(k.max()))[0].gather(1, (k - 1).unsqueeze(1))  # (B, 1)
         return logits.masked_fill(logits < kth, float("-inf"))
     kmax = int(k.max())
     # A nucleus over the whole vocabulary needs no full sort when the top c tokens already hold mass p: the cut is then
