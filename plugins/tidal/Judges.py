@@ -196,35 +196,56 @@ class NGramJudge:
         return windows, text[start:]
 
     def _logprob(self, windows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """ln p(token | window) (float64) for rows of windows (Q, order−1), right-aligned, −1 where no token."""
+        """ln p(token | window) (float64) for rows of windows (Q, order−1), right-aligned, −1 where no token.
+
+        Every order at once: the histories of orders 2..n are the cumulative keys of the window read backwards, and
+        one search in each combined table (`_tables`) finds them all. The recursion p_k = (max(c − D, 0) + D·types·
+        p_{k−1}) / total is then p_k = A_k + B_k·p_{k−1}, with A_k = 0 and B_k = 1 where the history is unseen."""
         t = self._tables(tokens.device)
-        V, discounts = self.vocab_size, self._arrays["discounts"]
-        d1 = float(discounts[1])
+        V = self.vocab_size
+        d1 = float(self._arrays["discounts"][1])
         p = ((t["dense_1"][tokens] - d1).clamp_min(0) + d1 * self._unigram_types / V) / self._unigram_total
-        hist_key = torch.zeros_like(tokens)
-        valid = torch.ones_like(tokens, dtype=torch.bool)
-        for k in range(2, self.order + 1):
-            previous = windows[:, -(k - 1)]  # one more token of history, further back
-            valid &= previous >= 0
-            hist_key = previous.clamp_min(0) * V ** (k - 2) + hist_key
-            at, found = _find(t[f"hist_keys_{k}"], hist_key)
-            total, types = t[f"hist_total_{k}"][at], t[f"hist_types_{k}"][at]
-            at_gram, found_gram = _find(t[f"keys_{k}"], hist_key * V + tokens)
-            count = torch.where(found_gram, t[f"counts_{k}"][at_gram], 0.0)
-            seen = valid & found & (total > 0)
-            d = float(discounts[k])
-            mixed = ((count - d).clamp_min(0) + d * types * p) / total.clamp_min(1)
-            p = torch.where(seen, mixed, p)
+        if self.order == 1:
+            return torch.log(p)
+        back = windows.flip(1)                                                  # nearest token first
+        hist_key = (back.clamp_min(0) * t["powers"]).cumsum(dim=1)              # (Q, order−1): order k in column k−2
+        valid = back >= 0  # right-aligned windows: a missing token has only missing tokens before it
+        at, found = _find(t["hist_keys"], hist_key + t["hist_offsets"])
+        total, types = t["hist_total"][at], t["hist_types"][at]
+        at_gram, found_gram = _find(t["keys"], hist_key * V + tokens.unsqueeze(1) + t["offsets"])
+        count = torch.where(found_gram, t["counts"][at_gram], 0.0)
+        seen = valid & found & (total > 0)
+        d = t["discounts"]
+        a = torch.where(seen, (count - d).clamp_min(0) / total.clamp_min(1), 0.0)
+        b = torch.where(seen, d * types / total.clamp_min(1), 1.0)
+        for k in range(self.order - 1):
+            p = torch.addcmul(a[:, k], b[:, k], p)
         return torch.log(p)
 
     def _tables(self, device: torch.device) -> dict[str, torch.Tensor]:
-        """float64/int64 torch views of the tables on `device` (moved once, on first use there)."""
+        """The tables as torch tensors on `device` (built once per device): the unigram counts, and the keys, counts,
+        history totals and types of orders 2..n concatenated into one sorted table each. An order-k key is offset
+        past every lower order's key range (n-grams by Σ_{2≤j<k} V^j, histories by Σ_{1≤j<k−1} V^j), so the tables
+        stay sorted and distinct; at order 4 the largest offset key is V⁴ + V³ + V² < 2⁶³. Counts in float64."""
         if not self._torch or self._torch["dense_1"].device != device:
-            names = ["dense_1"] + [f"{kind}_{k}" for k in range(2, self.order + 1)
-                                   for kind in ("keys", "counts", "hist_keys", "hist_total", "hist_types")]
-            self._torch = {name: torch.from_numpy(self._arrays[name]).to(device) for name in names}
-            for name in [n for n in names if not n.startswith(("keys", "hist_keys"))]:
-                self._torch[name] = self._torch[name].double()  # probabilities in float64
+            V, orders = self.vocab_size, range(2, self.order + 1)
+            arrays = self._arrays
+            offsets = [sum(V ** j for j in range(2, k)) for k in orders]
+            hist_offsets = [sum(V ** j for j in range(1, k - 1)) for k in orders]
+
+            def joined(name: str, shifts: list[int] | None = None) -> torch.Tensor:
+                parts = [arrays[f"{name}_{k}"] + (shifts[i] if shifts else 0) for i, k in enumerate(orders)]
+                return torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.int64))
+
+            self._torch = {name: tensor.to(device) for name, tensor in {
+                "dense_1": torch.from_numpy(arrays["dense_1"]).double(),
+                "keys": joined("keys", offsets), "counts": joined("counts").double(),
+                "hist_keys": joined("hist_keys", hist_offsets), "hist_total": joined("hist_total").double(),
+                "hist_types": joined("hist_types").double(),
+                "offsets": torch.tensor(offsets, dtype=torch.long), "hist_offsets": torch.tensor(hist_offsets),
+                "powers": torch.tensor([V ** j for j in range(self.order - 1)], dtype=torch.long),
+                "discounts": torch.from_numpy(arrays["discounts"][2:]).double(),
+            }.items()}
         return self._torch
 
 

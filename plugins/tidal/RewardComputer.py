@@ -40,16 +40,10 @@ def content_token_mask(tokenizer, vocab_size: int) -> torch.Tensor:
 
 
 def _ngram_keys(history: torch.Tensor, n: int, vocab: int) -> torch.Tensor:
-    """(B, H) ids (-1 padding) -> (B, H) keys of the n-gram ENDING at each position (-1 where it has padding or
-    starts before the row). Exact for n <= 3 at V = 50,257 (V³ < 2⁶³)."""
-    keys = history.clamp_min(0)
-    valid = history >= 0
-    for back in range(1, n):
-        prev = torch.full_like(history, -1)
-        prev[:, back:] = history[:, :-back]
-        valid &= prev >= 0
-        keys = keys + prev.clamp_min(0) * vocab ** back
-    return keys.masked_fill(~valid, -1)
+    """(B, H) ids -> (B, H − n + 1) keys of the n-grams starting at each position, Σ t_i · V^(n−1−i): exact for
+    n ≤ 3 at V = 50,257 (V³ < 2⁶³). Keys of n-grams that reach padding are meaningless; callers mask by position."""
+    powers = torch.tensor([vocab ** (n - 1 - i) for i in range(n)], device=history.device)
+    return (history.unfold(1, n, 1) * powers).sum(dim=-1)
 
 
 class RewardComputer:
@@ -81,30 +75,32 @@ class RewardComputer:
         token; prompt_lengths (B,); group (B,): rows with the same group id are samples of the same prompt."""
         B, H = history.shape
         device = history.device
-        positions = torch.arange(H, device=device)
-        valid = positions < lengths.unsqueeze(1)
-        history = history.masked_fill(~valid, -1)
-        extended = torch.cat([history, torch.full((B, 1), -1, dtype=history.dtype, device=device)], dim=1)
-        extended.scatter_(1, lengths.unsqueeze(1), token.unsqueeze(1))
-        keys = _ngram_keys(extended, self.ngram, self.vocab_size)  # (B, H + 1)
-        new_key = keys.gather(1, lengths.unsqueeze(1))  # (B, 1)
-        earlier = torch.arange(H + 1, device=device) < lengths.unsqueeze(1)
-        ngram_repeat = ((keys == new_key) & earlier & (new_key >= 0)).any(dim=1)
-        recent = earlier & (torch.arange(H + 1, device=device) >= (lengths - self.window).unsqueeze(1))
-        content_repeat = self.content_tokens.to(device)[token] & ((extended == token.unsqueeze(1)) & recent).any(dim=1)
-        repetition = torch.where(ngram_repeat, 1.0, torch.where(content_repeat, 0.5, 0.0))
+        n, V = self.ngram, self.vocab_size
+        last = lengths.unsqueeze(1)                       # (B, 1): where the new token goes
+        position = torch.arange(H, device=device)
+        # the new n-gram: the n − 1 tokens before the new one, then the token (none while the row is shorter)
+        context = history.gather(1, (last - torch.arange(n - 1, 0, -1, device=device)).clamp_min(0))  # (B, n − 1)
+        new_key = _ngram_keys(torch.cat([context, token.unsqueeze(1)], dim=1), n, V)                  # (B, 1)
+        # ... against every n-gram inside the first `lengths` tokens (which start before position lengths − n + 1)
+        inside = position[:H - n + 1] < last - n + 1
+        ngram_repeat = ((_ngram_keys(history, n, V) == new_key) & inside).any(dim=1)
+        recent = (position >= last - self.window) & (position < last)
+        content_repeat = self.content_tokens.to(device)[token] & ((history == token.unsqueeze(1)) & recent).any(dim=1)
+        repetition = torch.where(ngram_repeat, 1.0, content_repeat * 0.5)
 
-        bigrams = _ngram_keys(extended, 2, self.vocab_size)  # (B, H + 1)
-        new_bigram = bigrams.gather(1, lengths.unsqueeze(1)).squeeze(1)  # (B,)
-        generated = (torch.arange(H + 1, device=device) >= prompt_lengths.unsqueeze(1)) & earlier
-        sibling_keys = bigrams.masked_fill(~generated, -2)  # never equal to a real key or to -1
+        # the new bigram against the bigrams other samples of the prompt generated (those ending at a generated token)
+        new_bigram = context[:, -1] * V + token           # (B,)
+        ends = position[1:]
+        generated = (ends >= prompt_lengths.unsqueeze(1)) & (ends < last)
+        # (B, H − 1); below every key, even one over the -1 of an empty row
+        sibling_keys = _ngram_keys(history, 2, V).masked_fill(~generated, -V - 1)
         siblings = (group.unsqueeze(1) == group.unsqueeze(0)) & ~torch.eye(B, dtype=torch.bool, device=device)
         shared = (sibling_keys.unsqueeze(0) == new_bigram.view(B, 1, 1)).any(dim=2)  # (B, B): row b's bigram in row j
-        overlap = ((shared & siblings).any(dim=1) & (new_bigram >= 0)).float()
+        overlap = (shared & siblings).any(dim=1).float()
 
         logprob = self.judge.logprob_next(history, lengths, token)
         quality = logprob.float().clamp_min(-self.clip) / self.clip
-        out = {"quality": quality, "repetition": repetition.float(), "overlap": overlap}
+        out = {"quality": quality, "repetition": repetition, "overlap": overlap}
         out["total"] = self.weights["quality"] * quality - self.weights["repetition"] * out["repetition"] \
             - self.weights["overlap"] * overlap
         return out

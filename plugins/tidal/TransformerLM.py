@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from core.errors import TidalError, describe_exception
 from plugins.tidal.Config import InferenceWeights, LMConfig
-from plugins.tidal.Decoding import Decoder, DecodeStep, PlainDecoder, sample_tokens
+from plugins.tidal.Decoding import Decoder, DecodeStep, PlainDecoder, sample_from_probs
 
 GateSignals = torch.Tensor | None
 
@@ -49,6 +49,8 @@ class KVCache:
     While every row has advanced together from empty without padding (`generate`'s case), `aligned` holds their
     common position as a Python int: new keys then go to one contiguous range of slots, written by a slice copy, and
     attention reads the filled prefix with no mask (ADR 0016). Any other use switches to the per-row bookkeeping.
+    Every row fills its slots from 0 (a replaced row too), so a one-token step reads only the first `width` slots:
+    up to the furthest row's position, which `high` tracks on the host, or all of them once the ring has wrapped.
     """
 
     def __init__(self, num_layers: int, batch: int, num_heads: int, capacity: int, head_size: int,
@@ -60,7 +62,8 @@ class KVCache:
         self.next_pos = torch.zeros(batch, device=device, dtype=torch.long)
         self.capacity = capacity
         self.aligned: int | None = 0  # the rows' common position while they advance together unpadded, else None
-        self.filled = 0               # slots holding keys, while aligned
+        self.high = 0                 # the largest next_pos of any row
+        self.width = 0                # the slots attention reads this step (`write` returns them)
 
     @property
     def batch_size(self) -> int:
@@ -80,6 +83,8 @@ class KVCache:
         if T > self.capacity:
             raise ValueError(f"{T} tokens do not fit a KV cache of {self.capacity} slots")
         self.aligned = None if valid is not None or self.aligned is None else self.aligned + T
+        self.high += T
+        self.width = self.capacity
         positions = self.next_pos.unsqueeze(1) + torch.arange(T, device=self.next_pos.device)  # (B, T)
         slots = positions % self.capacity
         stored = positions if valid is None else positions.masked_fill(~valid, -1)
@@ -98,33 +103,38 @@ class KVCache:
         where = slice(start, start + T)  # T > 1 only from empty, and one token never straddles the ring's end
         self.key_pos[:, where] = positions
         self.next_pos += T
-        self.aligned = aligned + T
-        self.filled = min(self.aligned, self.capacity)
+        self.aligned = self.high = aligned + T
+        self.width = min(self.aligned, self.capacity)
         return positions, where, None
 
     def _advance_one(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The decode step's advance in five small ops: every stored key sits at or before the new position (rows only
-        move forward), so the causal mask reduces to "slot holds a real token", and the new slot is one of them."""
+        """The decode step's advance in a few small ops: every stored key sits at or before the new position (rows only
+        move forward), so the causal mask reduces to "slot holds a real token", and the new slot is one of them. The
+        mask is additive (0 or −inf, in the cache's dtype), built once for every layer's `decode_attention`."""
         positions = self.next_pos.unsqueeze(1).clone()                      # (B, 1)
         slots = positions % self.capacity
         self.key_pos.scatter_(1, slots, positions)
         self.next_pos += 1
-        return positions, slots, (self.key_pos >= 0)[:, None, None, :]     # (B, 1, 1, C)
+        self.high += 1
+        self.width = min(self.high, self.capacity)
+        empty = self.key_pos[:, :self.width] < 0
+        mask = torch.zeros(empty.shape, dtype=self.k[0].dtype, device=empty.device).masked_fill_(empty, float("-inf"))
+        return positions, slots, mask[:, None, None, :]                     # (B, 1, 1, width)
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor | slice
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store (B, nh, T, hs) keys/values at `slots` (B, T) and return the layer's full (B, nh, C, hs) buffers, or
-        at a shared slice of slots and return the filled prefix. Stored values are detached: the cache is inference
+        """Store (B, nh, T, hs) keys/values at `slots` (B, T), or at a shared slice of slots, and return the layer's
+        first `width` slots (B, nh, width, hs). Stored values are detached: the cache is inference
         state, so a gradient (e.g. when the RL trainer tunes the gates) flows through the current step only and never
         chains back through earlier steps."""
         if isinstance(slots, slice):
             self.k[layer][:, :, slots] = k.detach()
             self.v[layer][:, :, slots] = v.detach()
-            return self.k[layer][:, :, :self.filled], self.v[layer][:, :, :self.filled]
-        index = slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-        self.k[layer].scatter_(2, index, k.detach().to(self.k[layer].dtype))
-        self.v[layer].scatter_(2, index, v.detach().to(self.v[layer].dtype))
-        return self.k[layer], self.v[layer]
+        else:
+            index = slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+            self.k[layer].scatter_(2, index, k.detach().to(self.k[layer].dtype))
+            self.v[layer].scatter_(2, index, v.detach().to(self.v[layer].dtype))
+        return self.k[layer][:, :, :self.width], self.v[layer][:, :, :self.width]
 
     def replace_rows(self, rows: torch.Tensor, other: KVCache) -> None:
         """Overwrite `rows` of this cache with the rows of `other` (same capacity), e.g. a freshly prefilled prompt."""
@@ -135,6 +145,7 @@ class KVCache:
             self.v[layer][rows] = other.v[layer]
         self.key_pos[rows] = other.key_pos
         self.next_pos[rows] = other.next_pos
+        self.high = max(self.high, other.high)
         self.aligned = None
 
 
@@ -219,6 +230,17 @@ class DynamicGate(nn.Module):
         return scale.unsqueeze(1) if gate_signals.dim() == 2 else scale  # broadcast over the sequence
 
 
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention of one query per row, q (B, nh, 1, hs), over k, v (B, nh, W, hs) with an additive (B, 1, 1, W) or
+    boolean mask, as two batched matrix products. SDPA's CPU flash kernel tiles for many queries: with one query and
+    keys not in cache (the output projection's weights have just streamed through it) it took 1.35x as long (ADR 0016).
+    """
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))    # (B, nh, 1, W)
+    if mask is not None:
+        scores = scores.masked_fill_(~mask, float("-inf")) if mask.dtype == torch.bool else scores.add_(mask)
+    return torch.matmul(scores.softmax(dim=-1), v)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: LMConfig):
         super().__init__()
@@ -243,9 +265,13 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
             assert slots is not None, "a KV cache needs the slots its advance() returned"
-            k, v = cache.write(layer, k, v, slots)  # (B, nh, C, hs), or (B, nh, filled, hs) with no mask
-            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, dropout_p=dropout,
-                                               is_causal=mask is None and T > 1)
+            k, v = cache.write(layer, k, v, slots)  # (B, nh, width, hs)
+            k, v = k.to(q.dtype), v.to(q.dtype)
+            if T == 1 and not dropout:
+                y = decode_attention(q, k, v, mask)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                   is_causal=mask is None and T > 1)
         y = y.transpose(1, 2).contiguous().view(B, T, E)  # (B, nh, T, hs) -> (B, T, E)
         return self.proj(y)
 
@@ -426,7 +452,7 @@ class TransformerLM(nn.Module):
             if controller is not None:
                 signal, action = controller.decide(step, history, next_logits, hidden[:, -1, :])
             decided = decoder.decode(next_logits, history, None, action)
-            next_token = sample_tokens(decided.logits, generators)
+            next_token = sample_from_probs(decided.probs(), generators)
             decoder.observe(next_token, decided)
             if controller is not None:
                 controller.record(next_token, decided)

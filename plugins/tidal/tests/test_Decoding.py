@@ -7,17 +7,21 @@ import torch
 
 from plugins.tidal.Decoding import (
     DECODERS,
+    MIN_P_FLOOR,
     ControlledDecoder,
     Decoder,
+    DecodeStep,
     EDTDecoder,
     MirostatDecoder,
     PlainDecoder,
     SamplingParams,
+    apply_params,
     apply_repetition_penalty,
     filter_logits,
     invert_cdf,
     k_largest,
     make_decoder,
+    recent_tokens,
     sample_tokens,
     validate_sampling,
 )
@@ -193,6 +197,75 @@ class TestBlockedInverseCDF(unittest.TestCase):
         self.assertEqual([invert_cdf(probs, torch.tensor([u])).item() for u in (0.05, 0.1, 0.69, 0.71)], [0, 2, 2, 3])
 
 
+def reference_params(logits, history, lengths, params):
+    """The sampling distribution through the logits: the sparse penalty, filter_logits, then a softmax."""
+    if bool((params.repetition_penalty != 1.0).any()):
+        logits = apply_repetition_penalty(logits, recent_tokens(history, lengths, params.penalty_window),
+                                          params.repetition_penalty)
+    return filter_logits(logits, params.temperature, params.top_k, params.top_p, params.min_p).softmax(dim=-1)
+
+
+class TestTemperedProbabilities(unittest.TestCase):
+    """Temperature, min-p and the repetition penalty without top-k or top-p go straight to unnormalised probabilities
+    2^((x − max)·log2 e / t), cut at min-p by one scalar threshold (ADR 0016, round 3): they must be the softmax of
+    the filtered logits, keep the same tokens and sample the same tokens."""
+
+    def setUp(self):
+        g = torch.Generator().manual_seed(3)
+        self.logits = torch.randn(8, 50257, generator=g) * 3
+        self.logits[5] *= 10  # a row far from uniform: most tokens far below min-p, some exp2 underflows
+        self.history = torch.randint(0, 50257, (8, 40), generator=g)
+        self.history[:, :8] = self.logits.topk(8, dim=-1).indices  # the penalty hits the top tokens
+        self.lengths = torch.tensor([40, 30, 12, 40, 5, 40, 20, 1])
+        B = 8
+        self.params = SamplingParams(
+            temperature=torch.tensor([1.0, 0.7, 1.3, 0.3, 1.0, 1.0, 2.0, 0.5]),
+            top_k=torch.zeros(B, dtype=torch.long), top_p=torch.ones(B),
+            min_p=torch.tensor([0.1, 0.05, 0.2, 0.0, 0.99, 0.1, 0.0, 1e-6]),
+            repetition_penalty=torch.tensor([1.0, 1.3, 1.3, 1.0, 2.0, 1.3, 0.8, 1.0]), penalty_window=16)
+
+    def test_the_probabilities_are_the_softmax_of_the_filtered_logits(self):
+        step = apply_params(self.logits, self.history, self.lengths, self.params)
+        self.assertIsNotNone(step.unnormalised_probs)  # this case takes the direct path
+        probs = step.probs()
+        reference = reference_params(self.logits, self.history, self.lengths, self.params)
+        # the same tokens are kept, except that rows without min-p drop those under MIN_P_FLOOR of the top one
+        floor = MIN_P_FLOOR * reference.amax(dim=-1, keepdim=True)
+        self.assertFalse(torch.equal(probs > 0, reference > 0))  # row 3 (t 0.3, no min-p) has such tokens
+        self.assertTrue(torch.equal(probs > 0, (reference > 0) & (reference >= floor)))
+        torch.testing.assert_close(probs / probs.sum(dim=-1, keepdim=True), reference, rtol=2e-5, atol=1e-12)
+        # the logits view is the same distribution up to a per-row constant
+        torch.testing.assert_close(step.logits.log_softmax(dim=-1).exp(), reference, rtol=2e-5, atol=1e-12)
+
+    def test_the_same_tokens_as_sampling_the_softmax(self):
+        step = apply_params(self.logits, self.history, self.lengths, self.params)
+        reference = reference_params(self.logits, self.history, self.lengths, self.params)
+        g = torch.Generator().manual_seed(4)
+        for _ in range(300):
+            u = torch.rand(8, generator=g)
+            self.assertTrue(torch.equal(invert_cdf(step.probs(), u), invert_cdf(reference, u)))
+
+    def test_top_k_top_p_and_greedy_rows_keep_the_logits_path(self):
+        for change in ({"top_k": torch.full((8,), 50)}, {"top_p": torch.full((8,), 0.9)},
+                       {"temperature": torch.tensor([0.0, 1, 1, 1, 1, 1, 1, 1])}):
+            params = SamplingParams(**{**self.params.__dict__, **change})
+            step = apply_params(self.logits, self.history, self.lengths, params)
+            with self.subTest(change=list(change)):
+                self.assertIsNone(step.unnormalised_probs)
+                torch.testing.assert_close(step.probs(), reference_params(self.logits, self.history, self.lengths,
+                                                                          params))
+
+    def test_a_decode_step_from_logits_or_from_probabilities(self):
+        logits = torch.tensor([[1.0, float("-inf"), 0.0]])
+        from_logits = DecodeStep(logits)
+        torch.testing.assert_close(from_logits.probs(), logits.softmax(dim=-1))
+        from_probs = DecodeStep(probs=torch.tensor([[4.0, 0.0, 1.0]]))
+        self.assertEqual(from_probs.logits[0, 1].item(), float("-inf"))
+        torch.testing.assert_close(from_probs.logits.softmax(dim=-1), torch.tensor([[0.8, 0.0, 0.2]]))
+        with self.assertRaises(ValueError):
+            DecodeStep()
+
+
 class TestDecoders(unittest.TestCase):
     """The decoder classes behind the one protocol: decode -> DecodeStep, observe, reset_rows."""
 
@@ -226,9 +299,10 @@ class TestDecoders(unittest.TestCase):
         min_p = make_decoder("min_p", min_p=0.5).decode(logits, history, None)
         self.assertEqual(torch.isfinite(min_p.logits).nonzero()[:, 1].tolist(), [0, 1])
         windowed = PlainDecoder(repetition_penalty=2.0, penalty_window=3).decode(logits, history, None)
-        torch.testing.assert_close(windowed.logits, logits)  # only token 2 (logit 0, unchanged) is in the window
+        # sampling logits are defined up to a per-row constant: compare distributions
+        torch.testing.assert_close(windowed.logits.softmax(dim=-1), logits.softmax(dim=-1))  # token 2 (logit 0) only
         whole = PlainDecoder(repetition_penalty=2.0).decode(logits, history, None)
-        self.assertEqual(whole.logits[0, 0].item(), 1.5)
+        torch.testing.assert_close(whole.logits.softmax(dim=-1), torch.tensor([[1.5, 2.9, 0.0, -1.0]]).softmax(dim=-1))
 
     def test_make_decoder_names_and_errors(self):
         for name in DECODERS:

@@ -63,8 +63,8 @@ class TestObservation(unittest.TestCase):
         self.assertAlmostEqual(float(obs[0, 13]), 0.3, places=4)             # previous action
 
     def test_distribution_features_match_log_softmax_on_random_logits(self):
-        # the features come from one softmax and two products (ADR 0016); check them against the textbook formulas,
-        # with an offset on the logits, which the moments must not suffer from
+        # the features come from unnormalised exp2 probabilities and their moments (ADR 0016); check them against the
+        # textbook formulas, with an offset on the logits, which the moments must not suffer from
         build = ObservationBuilder(rl_config(RL_MAX_EPISODE_LENGTH=50), tiny_config())
         g = torch.Generator().manual_seed(3)
         logits = torch.randn(6, V, generator=g) * 3 + 20
@@ -115,6 +115,15 @@ class TestGroups(unittest.TestCase):
             _, _, _, _, a = big.step(torch.full((4,), 0.5))
             _, _, _, _, b = small.step(torch.full((2,), 0.5))
             self.assertEqual(a["tokens"][2:].tolist(), b["tokens"].tolist())
+
+    def test_each_row_draws_its_own_stream_one_uniform_per_step(self):
+        # the uniforms come in blocks per row (one generator call per row per block, not per step), yet row b's
+        # draws are those of its generator one at a time, across block boundaries, whatever else is drawn
+        env = make_env(num_envs=4, seed=7, env_offset=3)
+        drawn = torch.stack([env.draw_uniforms() for _ in range(150)], dim=1)  # (4, 150)
+        for b in range(4):
+            g = torch.Generator().manual_seed(7 * 1_000_003 + 3 + b)
+            self.assertTrue(torch.equal(drawn[b], torch.stack([torch.rand((), generator=g) for _ in range(150)])))
 
     def test_one_batched_forward_per_step(self):
         env = make_env(num_envs=4)

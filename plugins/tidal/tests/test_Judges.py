@@ -40,6 +40,29 @@ def next_logprobs(judge: NGramJudge, history: list[int]) -> torch.Tensor:
     return judge.logprob_next(rows, lengths, torch.arange(judge.vocab_size))
 
 
+def kneser_ney_reference(judge: NGramJudge, history: list[int], w: int) -> float:
+    """ln p(w | history) by the recursion of NGramJudge's docstring, looked up in plain dictionaries of its tables."""
+    a, V, order = judge._arrays, judge.vocab_size, judge.order
+    D, dense = a["discounts"], a["dense_1"]
+    p = (max(dense[w] - D[1], 0) + D[1] * (dense > 0).sum() / V) / dense.sum()
+    lead = [-1] * (order - 1) + ([] if judge.bos_id is None else [judge.bos_id]) + history
+    for k in range(2, order + 1):
+        context = lead[len(lead) - (k - 1):]
+        if min(context) < 0:
+            break
+        h = 0
+        for t in context:
+            h = h * V + t
+        totals = zip(a[f"hist_total_{k}"].tolist(), a[f"hist_types_{k}"].tolist(), strict=True)
+        histories = dict(zip(a[f"hist_keys_{k}"].tolist(), totals, strict=True))
+        if histories.get(h, (0, 0))[0] == 0:
+            continue
+        total, types = histories[h]
+        count = dict(zip(a[f"keys_{k}"].tolist(), a[f"counts_{k}"].tolist(), strict=True)).get(h * V + w, 0)
+        p = (max(count - D[k], 0) + D[k] * types * p) / total
+    return float(np.log(p))
+
+
 class NGramJudgeTest(unittest.TestCase):
     def test_next_token_distribution_sums_to_one_and_is_never_zero(self):
         for order, bos_id in ((1, None), (2, None), (3, None), (4, None), (3, 2), (4, 2)):
@@ -48,6 +71,17 @@ class NGramJudgeTest(unittest.TestCase):
                 logp = next_logprobs(judge, history).double()
                 self.assertAlmostEqual(logp.exp().sum().item(), 1.0, places=5, msg=f"order {order} {history}")
                 self.assertTrue(torch.isfinite(logp).all())
+
+    def test_lookups_equal_the_interpolated_kneser_ney_recursion_over_its_tables(self):
+        # every order's n-grams and histories are found by batched searches over the tables; evaluate the recursion of
+        # the class docstring with plain dictionaries instead, for every token after many histories
+        rng = np.random.default_rng(5)
+        for order, bos_id in ((2, None), (3, None), (4, 2), (4, None)):
+            judge = NGramJudge.from_tokens(rng.integers(0, 40, 3000) % 23, vocab_size=25, order=order, bos_id=bos_id)
+            for history in ([], [3], [5, 7], [1, 2, 3], [0, 22, 4, 9, 11], rng.integers(0, 23, 12).tolist()):
+                with self.subTest(order=order, bos_id=bos_id, history=history):
+                    expected = [kneser_ney_reference(judge, history, w) for w in range(judge.vocab_size)]
+                    np.testing.assert_allclose(next_logprobs(judge, history).numpy(), expected, rtol=1e-5)
 
     def test_seen_continuations_get_most_mass(self):
         judge = tiny_judge(3)

@@ -70,6 +70,35 @@ class TestRewardComputer(unittest.TestCase):
         self.assertEqual(out["overlap"].tolist(), [0.0, 1.0, 0.0, 0.0])
         self.assertEqual(rc.cost(out).tolist(), out["overlap"].tolist())
 
+    def test_every_component_equals_a_row_by_row_reading_of_its_definition(self):
+        # random rows over a few tokens (so n-grams, content words and sibling bigrams repeat), every length from one
+        # token up, prompts of several lengths, groups of four, against plain Python per row
+        rc = make_computer(RL_REPETITION_WINDOW=5, RL_REPETITION_NGRAM=3)
+        g = torch.Generator().manual_seed(0)
+        vocab = torch.tensor(ids(" cat ball the and"))
+        B, H = 32, 24
+        lengths = torch.randint(1, H, (B,), generator=g)
+        prompt_lengths = torch.minimum(torch.randint(1, 6, (B,), generator=g), lengths)
+        history = torch.full((B, H), -1, dtype=torch.long)
+        for b in range(B):
+            history[b, :lengths[b]] = vocab[torch.randint(len(vocab), (int(lengths[b]),), generator=g)]
+        token = vocab[torch.randint(len(vocab), (B,), generator=g)]
+        group = torch.arange(B) // 4
+        out = rc.compute(history, lengths, prompt_lengths, token, group)
+        rows = [history[b, :lengths[b]].tolist() for b in range(B)]
+        n = rc.ngram
+        for b, (row, t) in enumerate(zip(rows, token.tolist(), strict=True)):
+            new = tuple(row[len(row) - n + 1:] + [t])
+            repeated = len(row) >= n - 1 and any(tuple(row[i - n + 1:i + 1]) == new for i in range(n - 1, len(row)))
+            content = bool(rc.content_tokens[t]) and t in row[max(0, len(row) - rc.window):]
+            overlap = any((row[-1], t) in {(other[i - 1], other[i]) for i in range(int(prompt_lengths[j]), len(other))}
+                          for j, other in enumerate(rows) if j != b and group[j] == group[b])
+            with self.subTest(row=b):
+                self.assertEqual(out["repetition"][b].item(), 1.0 if repeated else 0.5 if content else 0.0)
+                self.assertEqual(out["overlap"][b].item(), float(overlap))
+        self.assertEqual({out["repetition"][b].item() for b in range(B)}, {0.0, 0.5, 1.0})  # every case occurs
+        self.assertEqual({out["overlap"][b].item() for b in range(B)}, {0.0, 1.0})
+
     def test_lagrangian_mode_moves_overlap_from_the_total_to_the_cost(self):
         rc = make_computer()
         rc.set_lagrangian_mode()

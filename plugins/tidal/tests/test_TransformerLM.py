@@ -15,6 +15,7 @@ from plugins.tidal.TransformerLM import (
     PackedLinear,
     TransformerLM,
     count_parameters,
+    decode_attention,
     load_model_weights,
     model_state_dict,
 )
@@ -189,6 +190,40 @@ class TestKVCache(unittest.TestCase):
         logits = model(padded, use_cache=True, attention_mask=valid).logits
         torch.testing.assert_close(logits[:, -1], model(short).logits[:, -1], atol=1e-4, rtol=0)
         self.assertFalse(torch.isnan(logits).any())
+
+    def test_one_token_steps_attend_over_the_slots_in_use_only(self):
+        # Rows restarted into a wider cache fill its slots from 0: a one-token step reads the slots up to the furthest
+        # row's position (all of them once the ring wraps), not the whole capacity, and gives the recomputed logits.
+        model = tiny_model(NUM_TRANSFORMER_BLOCKS=1)
+        a, b = torch.randint(0, VOCAB, (2, 6)), torch.randint(0, VOCAB, (1, 4))
+        cache = model(a, use_cache=True, cache_capacity=12, attention_mask=torch.ones(2, 6, dtype=torch.bool)).cache
+        cache.replace_rows(torch.tensor([1]), model(b, use_cache=True, cache_capacity=12).cache)
+        seq = [a[:1], b]
+        widths = []
+        for _ in range(9):
+            nxt = torch.randint(0, VOCAB, (2, 1))
+            out = model(nxt, past_key_values=cache, use_cache=True)
+            widths.append(cache.width)
+            seq = [torch.cat([s, n], dim=1) for s, n in zip(seq, nxt.split(1), strict=True)]
+            for row in (0, 1):
+                window = seq[row][:, -12:]
+                torch.testing.assert_close(out.logits[row, -1], model(window).logits[0, -1], atol=1e-4, rtol=0)
+        self.assertEqual(widths, [7, 8, 9, 10, 11, 12, 12, 12, 12])
+
+    def test_decode_attention_matches_scaled_dot_product_attention(self):
+        g = torch.Generator().manual_seed(0)
+        for B, nh, W in ((16, 8, 80), (1, 4, 7)):
+            q, k, v = (torch.randn(B, nh, n, 32, generator=g) for n in (1, W, W))
+            valid = torch.rand(B, 1, 1, W, generator=g) > 0.3
+            valid[..., -1] = True  # a query always sees its own slot
+            additive = torch.zeros(B, 1, 1, W).masked_fill(~valid, float("-inf"))
+            with self.subTest(B=B, nh=nh, W=W):
+                torch.testing.assert_close(decode_attention(q, k, v, additive),
+                                           torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=valid),
+                                           atol=1e-6, rtol=0)
+                torch.testing.assert_close(decode_attention(q, k, v, None),
+                                           torch.nn.functional.scaled_dot_product_attention(q, k, v),
+                                           atol=1e-6, rtol=0)
 
     def test_kvcache_type(self):
         cache = tiny_model()(torch.zeros(1, 3, dtype=torch.long), use_cache=True).cache
