@@ -152,7 +152,7 @@ class TestGroups(unittest.TestCase):
             with self.subTest(eot_bootstraps=bootstrap):
                 env = make_env(num_envs=2, group=2, mode="residual", RL_EOT_BOOTSTRAP=bootstrap)
                 env.reset()
-                with torch.no_grad():
+                with torch.inference_mode():  # the environment's state is made of inference tensors
                     env.logits[0, EOT_TOKEN_ID] = 1e4  # row 0 ends the story now; row 1 goes on
                 _, reward, term, trunc, info = env.step(torch.zeros(2))
                 # a terminal end, or (bootstrapping) a truncation: the value of what follows stays in the return
