@@ -291,8 +291,8 @@ class GatingEnvironment:
     # ---------------------------------------------------------------------------------------------- stepping
     def draw_uniforms(self) -> torch.Tensor:
         """The next uniform of every row's token stream (N,): what `step` inverts through the sampling CDF. Drawn
-        UNIFORM_BLOCK at a time per row (a generator call per row per step cost as much as a quarter of the
-        reward); on CPU a block holds exactly the draws one at a time would give."""
+        UNIFORM_BLOCK at a time per row, not one generator call per row per step; on CPU a block holds exactly the
+        draws one at a time would give."""
         if self._drawn >= UNIFORM_BLOCK:
             self._uniforms = torch.stack([torch.rand(UNIFORM_BLOCK, generator=g, device=self.device)
                                           for g in self.token_rngs], dim=1)  # (UNIFORM_BLOCK, N)

@@ -124,9 +124,9 @@ class KVCache:
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor | slice
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store (B, nh, T, hs) keys/values at `slots` (B, T), or at a shared slice of slots, and return the layer's
-        first `width` slots (B, nh, width, hs). Stored values are detached: the cache is inference
-        state, so a gradient (e.g. when the RL trainer tunes the gates) flows through the current step only and never
-        chains back through earlier steps."""
+        first `width` slots (B, nh, width, hs). Stored values are detached: the cache is inference state, so a
+        gradient (e.g. when the RL trainer tunes the gates) flows through the current step only and never chains back
+        through earlier steps."""
         if isinstance(slots, slice):
             self.k[layer][:, :, slots] = k.detach()
             self.v[layer][:, :, slots] = v.detach()
