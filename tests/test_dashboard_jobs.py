@@ -184,6 +184,22 @@ class JobsApiTest(RedisTestCase):
             "checkpoint": "experiments/x/y.pth", "overrides": {"RL_SEED": 1}, "provider": "remote"})
         self.assertEqual(r.status_code, 422, r.text)  # RL jobs take no overrides (yet): said, not ignored
 
+    def test_config_overrides_outside_the_typed_config_rules_are_refused_before_the_job_runs(self):
+        # the value rules of LMConfig (ranges, choices, the heads dividing the width) hold at submission too, so a
+        # bad value is a 422 naming the key, not a job that fails minutes later in the trainer
+        for overrides, field, hint in (
+                ({"BATCH_SIZE": 0}, "body.overrides.BATCH_SIZE", "BATCH_SIZE must be positive, got 0"),
+                ({"LEARNING_RATE_SCHEDULER.BASE_LR": -1.0}, "body.overrides.LEARNING_RATE_SCHEDULER.BASE_LR",
+                 "BASE_LR must be >= 0"),
+                ({"AMP_DTYPE": "fp8"}, "body.overrides.AMP_DTYPE", "AMP_DTYPE must be one of"),
+                ({"EMBED_DIM": 96, "NUM_ATTENTION_HEADS": 64}, "body.overrides", "must be divisible by")):
+            with self.subTest(overrides=overrides):
+                (problem,) = self.create(expect=422, overrides=overrides)["detail"]
+                self.assertEqual(problem["field"], field)
+                self.assertIn(hint, problem["message"])
+                self.assertNotIn("/", problem["message"])  # no server path in the message
+        self.assertEqual(self.http.get("/api/jobs").json()["jobs"], [])
+
     def test_concurrency_conflict_is_409_and_other_types_are_independent(self):
         first = self.create()["job"]
         body = self.create(expect=409)

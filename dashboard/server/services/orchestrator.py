@@ -19,6 +19,7 @@ from core.errors import ConfigError
 from core.jobs import SIGNALS, STARTUP, TERMINAL
 from core.manifest import ARG_SOURCES, TrainingPhase
 from core.paths import resolve_config_path, resolve_experiment_path
+from plugins.tidal.Config import LMConfig
 from plugins.tidal.Utils import apply_overrides, read_yaml, validate_against
 
 from ..errors import BadRequest, Conflict, FieldError
@@ -32,16 +33,27 @@ IDEMPOTENCY_KEY_MAX = 200
 
 
 def check_overrides(config_path, overrides: dict) -> None:
-    """Refuse (422, naming the key and the closest known one) an override the job's config file has no key for, or
-    one of another type: the same rule as the CLI's --set, with the chosen file as the schema (every valid config
-    has exactly the plugin's reference keys), so a typo fails here instead of in the trainer."""
+    """Refuse (422) an override the trainer would refuse: a key the job's config file has no key for (naming the
+    closest known one), a value of another type (the same rule as the CLI's --set, with the chosen file as the schema:
+    every valid config has exactly the plugin's reference keys) or one outside LMConfig's rules (a range, a choice,
+    the heads dividing the width), so the mistake fails here instead of minutes later in the trainer."""
     reference = read_yaml(config_path)
-    for key, value in overrides.items():
+    try:
+        LMConfig.of(reference, source="configPath")
+    except ConfigError as exc:
+        raise FieldError("body.configPath", str(exc)) from None
+    assignments = {key: f"{key}={json.dumps(value)}" for key, value in overrides.items()}
+    for key, assignment in assignments.items():  # one at a time, so the message names the key
         try:
-            validate_against(apply_overrides(read_yaml(config_path), [f"{key}={json.dumps(value)}"], reference),
-                             reference, "override")
+            config = apply_overrides(read_yaml(config_path), [assignment], reference)
+            validate_against(config, reference, "override")
+            LMConfig.of(config, source="override")
         except ConfigError as exc:
             raise FieldError(f"body.overrides.{key}", str(exc)) from None
+    try:  # the rules between keys
+        LMConfig.of(apply_overrides(read_yaml(config_path), list(assignments.values()), reference), source="override")
+    except ConfigError as exc:
+        raise FieldError("body.overrides", str(exc)) from None
 
 
 class Orchestrator:
