@@ -242,7 +242,8 @@ class NGramJudge:
                 "keys": joined("keys", offsets), "counts": joined("counts").double(),
                 "hist_keys": joined("hist_keys", hist_offsets), "hist_total": joined("hist_total").double(),
                 "hist_types": joined("hist_types").double(),
-                "offsets": torch.tensor(offsets, dtype=torch.long), "hist_offsets": torch.tensor(hist_offsets),
+                "offsets": torch.tensor(offsets, dtype=torch.long),
+                "hist_offsets": torch.tensor(hist_offsets, dtype=torch.long),
                 "powers": torch.tensor([V ** j for j in range(self.order - 1)], dtype=torch.long),
                 "discounts": torch.from_numpy(arrays["discounts"][2:]).double(),
             }.items()}
