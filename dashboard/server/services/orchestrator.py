@@ -6,6 +6,7 @@ given and no argument it does not take; every path is confined (400); at most `c
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -45,13 +46,13 @@ def check_overrides(config_path, overrides: dict) -> None:
     assignments = {key: f"{key}={json.dumps(value)}" for key, value in overrides.items()}
     for key, assignment in assignments.items():  # one at a time, so the message names the key
         try:
-            config = apply_overrides(read_yaml(config_path), [assignment], reference)
+            config = apply_overrides(copy.deepcopy(reference), [assignment], reference)
             validate_against(config, reference, "override")
             LMConfig.of(config, source="override")
         except ConfigError as exc:
             raise FieldError(f"body.overrides.{key}", str(exc)) from None
     try:  # the rules between keys
-        LMConfig.of(apply_overrides(read_yaml(config_path), list(assignments.values()), reference), source="override")
+        LMConfig.of(apply_overrides(copy.deepcopy(reference), list(assignments.values()), reference), source="override")
     except ConfigError as exc:
         raise FieldError("body.overrides", str(exc)) from None
 
